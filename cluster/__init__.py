@@ -1,0 +1,1 @@
+"""Ray cluster-launcher and KubeRay configs, job submission and capacity planning."""

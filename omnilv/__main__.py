@@ -1,0 +1,3 @@
+from omnilv.cli import app
+
+app()

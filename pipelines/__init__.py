@@ -1,0 +1,1 @@
+"""Ray Data jobs: corpus schema, sources, build, read, manifest, report."""

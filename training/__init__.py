@@ -1,0 +1,1 @@
+"""OmniLV training: models, flow matching, DeepSpeed, Ray Train loop, stages, eval, restore."""
