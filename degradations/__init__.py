@@ -1,7 +1,19 @@
 """The degradation / task plugin library: contract, registry, composition, kernels, built-ins."""
 
 from degradations.base import Annotations, Degradation, PluginError
-from degradations.compose import Apply, Chain, Maybe, OneOf, Shuffle, Step, Synthesis, Task, replay, synthesize, task_for
+from degradations.compose import (
+           Apply,
+           Chain,
+           Maybe,
+           OneOf,
+           Shuffle,
+           Step,
+           Synthesis,
+           Task,
+           replay,
+           synthesize,
+           task_for,
+)
 
 __all__ = ["Annotations", "Apply", "Chain", "Degradation", "Maybe", "OneOf", "PluginError", "Shuffle", "Step",
            "Synthesis", "Task", "replay", "synthesize", "task_for"]

@@ -8,8 +8,9 @@ generator seeded from the recorded seed, never re-drawing a parameter.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -41,7 +42,7 @@ class Step:
         return {"name": self.name, "params": to_jsonable(self.params), "seed": self.seed}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Step":
+    def from_json(cls, d: dict[str, Any]) -> Step:
         return cls(str(d["name"]), dict(d["params"]), int(d["seed"]))
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
@@ -42,7 +42,7 @@ class Entry:
         return obj
 
 
-@lru_cache(maxsize=None)
+@cache
 def entries(group: str = PLUGIN_GROUP) -> dict[str, Entry]:
     """All entries of ``group`` by name; a name declared twice is an error naming both sources."""
     found: dict[str, Entry] = {}
@@ -77,7 +77,7 @@ def _lookup(name: str, group: str) -> Entry:
     return table[name]
 
 
-@lru_cache(maxsize=None)
+@cache
 def get(name: str) -> type[Degradation]:
     """The plugin class registered as ``name``."""
     entry = _lookup(name, PLUGIN_GROUP)

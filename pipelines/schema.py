@@ -127,7 +127,7 @@ class Sample:
         return out
 
     @classmethod
-    def from_members(cls, members: dict[str, Any]) -> "Sample":
+    def from_members(cls, members: dict[str, Any]) -> Sample:
         """Decode a WebDataset dict of raw bytes; raises :class:`SchemaError` naming what is wrong."""
         key = str(members.get("__key__", "?"))
         missing = [m for m in REQUIRED_MEMBERS if m not in members]
@@ -158,7 +158,7 @@ class ShardRecord:
     rejects: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "ShardRecord":
+    def from_json(cls, d: dict[str, Any]) -> ShardRecord:
         try:
             return cls(str(d["name"]), int(d["samples"]), int(d["bytes"]), str(d["sha256"]),
                        {str(k): int(v) for k, v in d.get("tasks", {}).items()},
@@ -186,7 +186,7 @@ class Manifest:
         return json.dumps(body, indent=1, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, where: str = MANIFEST) -> "Manifest":
+    def from_json(cls, text: str, where: str = MANIFEST) -> Manifest:
         try:
             d = json.loads(text)
             shards = [ShardRecord.from_json(s) for s in d["shards"]]
