@@ -1,4 +1,8 @@
-"""Training commands (``train``, ``restore``, ``eval``, ``quickstart``), registered on the root app."""
+"""Training commands, registered on the root app.
+
+``train`` and ``quickstart`` live in :mod:`training.cli_train`; ``restore`` and
+``eval`` in :mod:`training.cli_model`. Both import heavy libraries only inside commands.
+"""
 
 from __future__ import annotations
 
@@ -6,4 +10,8 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add the training commands to the root ``omnilv`` app."""
+    """Add ``train``, ``quickstart``, ``restore`` and ``eval`` to the root ``omnilv`` app."""
+    from training import cli_model, cli_train
+
+    cli_train.register(app)
+    cli_model.register(app)

@@ -1,0 +1,108 @@
+"""Reading a corpus back: the manifest, the shards it lists, and their samples.
+
+Readers trust only ``manifest.json``: a shard on disk that the manifest does not
+list (a crash left it, or a build is still running) is never read. Only the
+members in :data:`pipelines.schema.MEMBERS` are decoded; anything else (``.pyd``,
+``.pickle``, …) is skipped and counted, never deserialised.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import tarfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import fsspec
+
+from pipelines.schema import MANIFEST, MEMBERS, Manifest, Sample, SchemaError
+
+
+@dataclass
+class ReadStats:
+    """What a reader skipped, by reason (e.g. ``member:pickle``, ``corrupt:input.png``)."""
+
+    samples: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+
+def join(root: str, name: str) -> str:
+    """Join a local path or URL (``s3://bucket/prefix``) with a relative name."""
+    return posixpath.join(root.rstrip("/"), name) if "://" in root else str(_local(root) / name)
+
+
+def load_manifest(root: str) -> Manifest:
+    """The manifest of the corpus at ``root`` (local folder or ``s3://`` prefix)."""
+    url = join(root, MANIFEST)
+    try:
+        with fsspec.open(url, "rt", encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise SchemaError(f"{url}: no manifest; is {root!r} a finished omnilv corpus? "
+                          "(a build writes manifest.json last)") from None
+    return Manifest.from_json(text, url)
+
+
+def shard_urls(root: str, manifest: Manifest | None = None) -> list[str]:
+    """URLs of the shards the manifest lists, in manifest order."""
+    manifest = manifest or load_manifest(root)
+    return [join(root, s.name) for s in manifest.shards]
+
+
+def split_member(name: str) -> tuple[str, str]:
+    """``KEY.input.png`` -> (``KEY``, ``input.png``): keys have no dots, so split at the first."""
+    base = posixpath.basename(name)
+    key, _, member = base.partition(".")
+    return key, member
+
+
+def iter_members(url: str, stats: ReadStats | None = None) -> Iterator[dict[str, bytes]]:
+    """Raw WebDataset dicts (``__key__`` + whitelisted members) from one tar shard, streamed."""
+    stats = stats if stats is not None else ReadStats()
+    current: dict[str, bytes] = {}
+    with fsspec.open(url, "rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            key, member = split_member(info.name)
+            if current and current["__key__"] != key:
+                yield current
+                current = {}
+            if not current:
+                current = {"__key__": key}
+            if member not in MEMBERS:
+                stats.skipped[f"member:{member.rsplit('.', 1)[-1] or member}"] += 1
+                continue
+            data = tar.extractfile(info)
+            current[member] = data.read() if data is not None else b""
+    if current:
+        yield current
+
+
+def iter_samples(root: str, stats: ReadStats | None = None) -> Iterator[Sample]:
+    """Decoded samples of every manifest-listed shard; a bad sample is skipped and counted."""
+    stats = stats if stats is not None else ReadStats()
+    for url in shard_urls(root):
+        for members in iter_members(url, stats):
+            try:
+                sample = Sample.from_members(members)
+            except SchemaError as exc:
+                stats.skipped[f"corrupt:{_reason(exc)}"] += 1
+                continue
+            stats.samples += 1
+            yield sample
+
+
+def _reason(exc: SchemaError) -> str:
+    text = str(exc)
+    for m in MEMBERS:
+        if f".{m}" in text or f"'{m}'" in text:
+            return m
+    return "sample"
+
+
+def _local(root: str):
+    from pathlib import Path
+
+    return Path(root.removeprefix("file://"))
