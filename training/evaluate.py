@@ -1,0 +1,100 @@
+"""Evaluate an exported OmniLV on a corpus: PSNR/SSIM per task, restored vs target and input vs target.
+
+Writes ``results.json``, ``index.html`` and ``sheet.png`` (one row per task: input | restored | target).
+The corpus is read through :func:`pipelines.read.iter_samples` (manifest-listed shards, whitelisted
+members only). LPIPS/MUSIQ are not computed: they need learned weights this package does not ship.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.metrics import psnr, ssim
+from training.restore import Restorer, save_image
+
+SHEET_ROW = 128  # pixels: each sheet row is resized to this height
+
+
+def evaluate(checkpoint: str | Path, corpus: str, out_dir: str | Path, *, limit: int | None = None,
+             steps: int | None = None, guidance: float | None = None, seed: int = 0,
+             progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Restore up to ``limit`` corpus samples, score them, write the report; returns the results dict."""
+    from pipelines.read import ReadStats, iter_samples
+
+    restorer = Restorer.from_export(checkpoint)
+    stats, skipped = ReadStats(), Counter()
+    scores: dict[str, list[dict[str, float]]] = defaultdict(list)
+    examples: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for i, sample in enumerate(iter_samples(corpus, stats)):
+        if limit is not None and i >= limit:
+            break
+        task = str(sample.meta.get("task", "unknown"))
+        if sample.target.shape != sample.input.shape:
+            skipped["target size differs from input"] += 1
+            continue
+        out = restorer.restore(sample.input, sample.instruction, sample.ref_input, sample.ref_target,
+                               steps=steps, guidance=guidance, seed=seed + i)
+        scores[task].append({"psnr": psnr(out, sample.target), "ssim": ssim(out, sample.target),
+                             "psnr_input": psnr(sample.input, sample.target),
+                             "ssim_input": ssim(sample.input, sample.target)})
+        examples.setdefault(task, (sample.input, out, sample.target))
+        if progress is not None:
+            progress(1)
+    results = summarize(scores)
+    results.update(checkpoint=str(checkpoint), corpus=str(corpus), samples=sum(len(v) for v in scores.values()),
+                   skipped={**dict(skipped), **dict(stats.skipped)}, sampler=restorer.meta.get("sampler", {}))
+    write_report(results, examples, Path(out_dir))
+    return results
+
+
+def summarize(scores: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    """Mean of each metric per task and over all samples; ``gain_psnr`` = restored − input."""
+    def mean(rows: list[dict[str, float]]) -> dict[str, float]:
+        m = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        return {**m, "n": len(rows), "gain_psnr": m["psnr"] - m["psnr_input"]}
+
+    every = [r for rows in scores.values() for r in rows]
+    return {"tasks": {t: mean(rows) for t, rows in sorted(scores.items())}, "overall": mean(every) if every else {}}
+
+
+def write_report(results: dict[str, Any], examples: dict[str, tuple], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True))
+    if examples:
+        save_image(_sheet([examples[t] for t in sorted(examples)]), out / "sheet.png")
+    (out / "index.html").write_text(_html(results, bool(examples)))
+
+
+def _fit(img: np.ndarray) -> np.ndarray:
+    import cv2
+
+    h, w = img.shape[:2]
+    return cv2.resize(img, (max(1, round(w * SHEET_ROW / h)), SHEET_ROW), interpolation=cv2.INTER_AREA)
+
+
+def _sheet(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Stack rows of (input | restored | target), padded with white to a common width."""
+    lines = [np.concatenate([_fit(im) for im in row], axis=1) for row in rows]
+    width = max(line.shape[1] for line in lines)
+    return np.concatenate([np.pad(line, ((0, 4), (0, width - line.shape[1]), (0, 0)), constant_values=1.0)
+                           for line in lines], axis=0)
+
+
+def _html(results: dict[str, Any], sheet: bool) -> str:
+    head = "<tr><th>task</th><th>n</th><th>PSNR restored</th><th>PSNR input</th><th>gain</th>" \
+           "<th>SSIM restored</th><th>SSIM input</th></tr>"
+    rows = [f"<tr><td>{html.escape(t)}</td><td>{m['n']}</td><td>{m['psnr']:.2f}</td><td>{m['psnr_input']:.2f}</td>"
+            f"<td>{m['gain_psnr']:+.2f}</td><td>{m['ssim']:.4f}</td><td>{m['ssim_input']:.4f}</td></tr>"
+            for t, m in results["tasks"].items()]
+    img = '<p>input | restored | target, one row per task</p><img src="sheet.png">' if sheet else ""
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>omnilv eval</title></head><body>"
+            f"<h1>omnilv eval</h1><p>checkpoint {html.escape(results['checkpoint'])}, corpus "
+            f"{html.escape(results['corpus'])}, {results['samples']} samples</p>"
+            f"<table border='1'>{head}{''.join(rows)}</table>{img}</body></html>")

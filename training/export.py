@@ -1,0 +1,111 @@
+"""Export a trained OmniLV to a diffusers-style folder, and load it back (safetensors only, no pickle).
+
+Layout::
+
+    OUT/
+      backbone/            LuminaNextDiT2DModel.save_pretrained (config.json + safetensors)
+      omnilv_modules.safetensors   our adapter (``adapter.*``) and visual-prompt projector (``prompt.*``)
+      omnilv_config.json   OmniLVConfig (the network's constructor arguments)
+      omnilv.json          text encoder spec, codec spec, preset, flow settings, sampler defaults
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from training.encoders import ImageCodec, TextEncoder
+from training.flow import FlowMatching
+from training.models.omnilv import OmniLV, OmniLVConfig
+
+FORMAT_VERSION = 1
+META, CONFIG, MODULES, BACKBONE = "omnilv.json", "omnilv_config.json", "omnilv_modules.safetensors", "backbone"
+DEFAULT_SAMPLER = {"steps": 20, "method": "euler", "guidance": 1.0}
+
+
+class ExportError(ValueError):
+    """An exported folder is missing a file or does not match its config; the message names the file."""
+
+
+def _unwrap(model: OmniLV | FlowMatching) -> OmniLV:
+    return model.net if isinstance(model, FlowMatching) else model
+
+
+def export_model(model: OmniLV | FlowMatching, text_spec: str, codec_spec: str, out_dir: str | Path, *,
+                 sampler: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (an OmniLV or the FlowMatching around it) to ``out_dir``; returns the folder.
+
+    Pass full (gathered, e.g. EMA) weights: under ZeRO-3 call this on rank 0 after consolidating.
+    """
+    net = _unwrap(model)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    net.backbone.save_pretrained(out / BACKBONE, safe_serialization=True)
+    ours = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items() if not k.startswith("backbone.")}
+    save_file(ours, str(out / MODULES))
+    (out / CONFIG).write_text(net.config.model_dump_json(indent=1))
+    meta = {"format": FORMAT_VERSION, "text_encoder": text_spec, "codec": codec_spec, "preset": net.config.preset,
+            "sampler": {**DEFAULT_SAMPLER, **(sampler or {})}, **(extra or {})}
+    if isinstance(model, FlowMatching):
+        meta["flow"] = {"timestep_sampling": model.timestep_sampling, "text_dropout": model.text_dropout}
+    (out / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
+    return out
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    """``omnilv.json`` of an exported folder, with errors that name the file."""
+    path = Path(folder) / META
+    if not path.is_file():
+        raise ExportError(f"{folder}: not an exported OmniLV folder (no {META}); export a checkpoint first")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{path}: invalid json: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+        raise ExportError(f"{path}: unsupported format {meta.get('format') if isinstance(meta, dict) else meta!r}")
+    return meta
+
+
+def load_network(folder: str | Path) -> OmniLV:
+    """The OmniLV network of an exported folder (backbone via ``from_pretrained``, ours via safetensors)."""
+    from diffusers import LuminaNextDiT2DModel
+
+    folder = Path(folder)
+    for name in (CONFIG, MODULES, f"{BACKBONE}/config.json"):
+        if not (folder / name).is_file():
+            raise ExportError(f"{folder}: missing {name}; the export is incomplete")
+    try:
+        config = OmniLVConfig.model_validate_json((folder / CONFIG).read_text())
+    except ValueError as exc:
+        raise ExportError(f"{folder / CONFIG}: {exc}") from exc
+    net = OmniLV(config)
+    net.backbone = LuminaNextDiT2DModel.from_pretrained(str(folder / BACKBONE), local_files_only=True)
+    net.backbone.pad_token.requires_grad_(False)
+    ours = load_file(str(folder / MODULES))
+    missing, unexpected = net.load_state_dict(ours, strict=False)
+    missing = [k for k in missing if not k.startswith("backbone.")]
+    if missing or unexpected:
+        raise ExportError(f"{folder / MODULES} does not match {CONFIG}: missing {missing[:3]}, "
+                          f"unexpected {unexpected[:3]}")
+    return net.eval()
+
+
+def load_exported(folder: str | Path, device: str | torch.device = "cpu"
+                  ) -> tuple[FlowMatching, TextEncoder, ImageCodec, dict[str, Any]]:
+    """(flow, text encoder, codec, meta) of an exported folder, ready for :meth:`FlowMatching.sample`."""
+    meta = read_meta(folder)
+    flow_kw = {k: v for k, v in meta.get("flow", {}).items() if k in ("timestep_sampling", "text_dropout")}
+    flow = FlowMatching(load_network(folder), **flow_kw).eval().to(device)
+    text = TextEncoder.from_spec(meta["text_encoder"]).to(device)
+    codec = ImageCodec.from_spec(meta["codec"]).to(device)
+    if text.dim != flow.net.config.cross_attention_dim:
+        raise ExportError(f"{folder}: text encoder {meta['text_encoder']!r} gives {text.dim}-d features but the "
+                          f"network expects cross_attention_dim={flow.net.config.cross_attention_dim}")
+    if codec.channels != flow.net.config.in_channels:
+        raise ExportError(f"{folder}: codec {meta['codec']!r} has {codec.channels} channels but the network "
+                          f"expects in_channels={flow.net.config.in_channels}")
+    return flow, text, codec, meta
