@@ -68,3 +68,44 @@ def realesrgan(scale: float = 4.0) -> Task:
             "Perform blind super-resolution on this image.",
         ),
     )
+
+
+def _lowres_compressed(scale: int, quality: tuple[int, int], webp_share: float) -> Chain:
+    """Down-sample by ``scale`` (area / bilinear / bicubic), then JPEG or WebP at ``quality``."""
+    codec = OneOf((Apply(create("jpeg", quality_range=quality)), Apply(create("webp", quality_range=quality))),
+                  (1.0 - webp_share, webp_share))
+    return Chain((Apply(create(f"sr_x{scale}")), codec))
+
+
+def lowres_jpeg_x2(quality: tuple[int, int] = (30, 90), webp_share: float = 0.25) -> Task:
+    """x2 super-resolution of a compressed low-resolution image (down-sample, then JPEG or WebP)."""
+    return Task("lowres_jpeg_x2", "restoration", _lowres_compressed(2, quality, webp_share), (
+        "Upscale this compressed image by 2x and remove its artifacts.",
+        "Super-resolve this low-quality picture to twice its size.",
+        "Restore a sharp, clean version of this small, compressed photo (quality {quality}).",
+    ))
+
+
+def lowres_jpeg_x4(quality: tuple[int, int] = (30, 90), webp_share: float = 0.25) -> Task:
+    """x4 super-resolution of a compressed low-resolution image (down-sample, then JPEG or WebP)."""
+    return Task("lowres_jpeg_x4", "restoration", _lowres_compressed(4, quality, webp_share), (
+        "Upscale this compressed image by 4x and remove its artifacts.",
+        "Super-resolve this low-quality thumbnail to four times its size.",
+        "Restore a sharp, clean version of this tiny, compressed photo (quality {quality}).",
+    ))
+
+
+def lowres_noisy_jpeg_x4(noise: tuple[float, float] = (2 / 255, 20 / 255),
+                         quality: tuple[int, int] = (30, 90)) -> Task:
+    """Blur -> x4 down-sampling -> Gaussian noise -> JPEG: a one-pass classical SR degradation."""
+    node = Chain((
+        Apply(create("gaussian_blur", sigma_range=(0.2, 1.5), kernel_size_range=(7, 13))),
+        Apply(create("sr_x4")),
+        Apply(create("gaussian_noise", sigma_range=noise, gray_probability=0.3)),
+        Apply(create("jpeg", quality_range=quality)),
+    ))
+    return Task("lowres_noisy_jpeg_x4", "restoration", node, (
+        "Upscale this noisy, compressed image by 4x.",
+        "Super-resolve this blurry, noisy, low-quality picture.",
+        "Remove the noise and compression artifacts and restore the details at 4x resolution.",
+    ))

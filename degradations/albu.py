@@ -1,0 +1,93 @@
+"""Plugins that wrap albumentations 2.0.8 where it already does the job well.
+
+Our contract holds around them: the visible parameters are sampled by us and recorded; the
+transform's remaining randomness (drop positions, flare circles, shadow polygons) is seeded with
+an integer drawn from the ``rng`` handed to ``apply`` through ``set_random_seed``, which gives each
+transform its own ``numpy.random.Generator`` and ``random.Random`` (no global state: the contract
+check verifies it). Images go in and out as float32 RGB in [0, 1], which albumentations accepts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from degradations import kernels
+from degradations.base import Degradation, allowed, limits
+from degradations.blur import uniform
+
+
+def run_albu(transform: Any, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Apply a built albumentations transform (``p=1``) with randomness drawn from ``rng``."""
+    transform.set_random_seed(int(rng.integers(0, 2**32 - 1)))
+    return kernels.clip01(np.array(transform(image=img)["image"], dtype=np.float32))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Spatter(Degradation):
+    """Raindrops or mud spatter on the lens (albumentations ``Spatter``)."""
+
+    domain = "restoration"
+    instructions = ("Remove the {mode} drops from this photo.", "Clean the lens spatter off this image.",
+                    "Remove the raindrops and smudges from this picture.")
+    mode_choices: tuple[str, ...] = allowed(("rain", "mud"))
+    intensity_range: tuple[float, float] = limits(0.0, 1.0, (0.4, 0.8))
+    cutout_range: tuple[float, float] = limits(0.0, 1.0, (0.6, 0.72))
+
+    def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
+        return {"mode": str(rng.choice(self.mode_choices)), "intensity": uniform(rng, self.intensity_range),
+                "cutout": uniform(rng, self.cutout_range)}
+
+    def apply(self, img: np.ndarray, rng: np.random.Generator, *, mode: str, intensity: float,
+              cutout: float) -> np.ndarray:
+        import albumentations as A
+
+        t = A.Spatter(mode=mode, intensity=(intensity, intensity), cutout_threshold=(cutout, cutout), p=1.0)
+        return run_albu(t, img, rng)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SunFlare(Degradation):
+    """Lens flare from a bright light source in the upper half (albumentations ``RandomSunFlare``)."""
+
+    domain = "restoration"
+    instructions = ("Remove the lens flare from this photo.", "Take out the sun flare.",
+                    "Remove the flare and its {circles} ghost circles from this image.")
+    radius_range: tuple[float, float] = limits(0.05, 1.0, (0.2, 0.5))
+    circles_range: tuple[int, int] = limits(0, 20, (4, 10))
+
+    def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
+        return {"radius": uniform(rng, self.radius_range),
+                "circles": int(rng.integers(self.circles_range[0], self.circles_range[1] + 1))}
+
+    def apply(self, img: np.ndarray, rng: np.random.Generator, *, radius: float, circles: int) -> np.ndarray:
+        import albumentations as A
+
+        src = max(1, round(radius * max(img.shape[:2])))  # radius in units of the image's long side
+        t = A.RandomSunFlare(flare_roi=(0, 0, 1, 0.5), src_radius=src, num_flare_circles_range=(circles, circles),
+                             p=1.0)
+        return run_albu(t, img, rng)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Shadow(Degradation):
+    """Cast shadows: darkened polygons (albumentations ``RandomShadow``)."""
+
+    domain = "enhancement"
+    instructions = ("Remove the shadows from this photo.", "Relight the shadowed regions of this image.",
+                    "Remove the {count} cast shadow(s) from this picture.")
+    count_range: tuple[int, int] = limits(1, 6, (1, 3))
+    intensity_range: tuple[float, float] = limits(0.0, 1.0, (0.4, 0.7))
+
+    def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
+        return {"count": int(rng.integers(self.count_range[0], self.count_range[1] + 1)),
+                "intensity": uniform(rng, self.intensity_range)}
+
+    def apply(self, img: np.ndarray, rng: np.random.Generator, *, count: int, intensity: float) -> np.ndarray:
+        import albumentations as A
+
+        t = A.RandomShadow(shadow_roi=(0, 0, 1, 1), num_shadows_limit=(count, count),
+                           shadow_intensity_range=(intensity, intensity), p=1.0)
+        return run_albu(t, img, rng)

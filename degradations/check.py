@@ -1,0 +1,279 @@
+"""The plugin contract, as executable checks (used by the test suite and ``omnilv degradations check``).
+
+Every check runs on small crops of a real photograph so the whole contract takes well under a second
+per plugin; ``sizes=(512, 1024)`` adds the optional full-size run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+from degradations import registry
+from degradations.base import Annotations, Degradation, PluginError, to_jsonable
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome of one check on one plugin."""
+
+    plugin: str
+    check: str
+    ok: bool
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failed check: which plugin, which check, what was wrong."""
+
+    plugin: str
+    check: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.plugin}: {self.check}: {self.message}"
+
+
+class CheckFailed(AssertionError):
+    pass
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise CheckFailed(message)
+
+
+@cache
+def _photo() -> np.ndarray:
+    from degradations.samples import default_image
+
+    return default_image()
+
+
+def probe_image(height: int = 61, width: int = 83) -> np.ndarray:
+    """A non-square, odd-sized crop (resized if needed) of a real photograph."""
+    import cv2
+
+    img = _photo()
+    crop = img[150:150 + height * 3, 170:170 + width * 3]
+    return np.ascontiguousarray(cv2.resize(crop, (width, height), interpolation=cv2.INTER_AREA), dtype=np.float32)
+
+
+def synthetic_annotations(h: int, w: int) -> Annotations:
+    """Two objects with boxes, 3 keypoints each, masks, labels and referring expressions."""
+    boxes = np.array([[w * 0.1, h * 0.1, w * 0.5, h * 0.6], [w * 0.4, h * 0.3, w * 0.9, h * 0.9]], np.float32)
+    kps = np.stack([np.stack([np.linspace(b[0], b[2], 3), np.linspace(b[1], b[3], 3), np.full(3, 2.0)], axis=1)
+                    for b in boxes]).astype(np.float32)
+    masks = np.zeros((2, h, w), bool)
+    for i, (x0, y0, x1, y1) in enumerate(boxes.astype(int)):
+        masks[i, y0:y1, x0:x1] = True
+    return Annotations(boxes=boxes, keypoints=kps, masks=masks, labels=("person", "dog"),
+                       referring=("the person on the left", "the dog on the right"))
+
+
+class _Runner:
+    """Shared state of one plugin's checks: the class, its name, the test image and annotations."""
+
+    def __init__(self, cls: type[Degradation], name: str) -> None:
+        self.cls, self.name = cls, name
+        self.img = probe_image()
+        self.ann = synthetic_annotations(*self.img.shape[:2]) if cls.requires else None
+
+    def kw(self, ann: Annotations | None = None) -> dict[str, Any]:
+        return {"ann": ann or self.ann} if self.cls.requires else {}
+
+    def sample(self, plugin: Degradation, seed: int = 0) -> dict[str, Any]:
+        return plugin.sample_params(np.random.default_rng(seed), **self.kw())
+
+    def apply(self, plugin: Degradation, params: dict[str, Any], img: np.ndarray | None = None,
+              seed: int = 7) -> np.ndarray:
+        return plugin.apply(self.img if img is None else img, np.random.default_rng(seed), **params, **self.kw())
+
+    def valid_output(self, out: Any, img: np.ndarray, what: str) -> None:
+        _require(isinstance(out, np.ndarray), f"{what}: apply returned {type(out).__name__}, not an ndarray")
+        _require(out.ndim == 3 and out.shape[2] == 3, f"{what}: output shape {out.shape} is not (H, W, 3)")
+        _require(out.dtype == np.float32, f"{what}: output dtype {out.dtype} is not float32")
+        if not self.cls.changes_size:
+            _require(out.shape == img.shape, f"{what}: output {out.shape} != input {img.shape} "
+                                             "(declare changes_size = True if that is intended)")
+        _require(bool(np.isfinite(out).all()), f"{what}: output has NaN or inf")
+        lo, hi = float(out.min()), float(out.max())
+        _require(lo >= 0.0 and hi <= 1.0, f"{what}: output range [{lo:.4g}, {hi:.4g}] leaves [0, 1]")
+
+    def variants(self) -> Iterator[tuple[str, Degradation]]:
+        """Each range collapsed to either end, and each single choice."""
+        base = self.cls()
+        for fname, value in base.ranges().items():
+            if fname.endswith("_range"):
+                for end in (value[0], value[1]):
+                    yield f"{fname}=({end}, {end})", dataclasses.replace(base, **{fname: (end, end)})
+            else:
+                for choice in value:
+                    yield f"{fname}=({choice!r},)", dataclasses.replace(base, **{fname: (choice,)})
+
+
+def _instantiable(r: _Runner) -> None:
+    r.cls()
+
+
+def _declares_parameters(r: _Runner) -> None:
+    ranges = r.cls().ranges()
+    if r.cls.parameterless:
+        _require(not ranges, f"says parameterless but declares {sorted(ranges)}")
+    else:
+        _require(bool(ranges), "declares no *_range or *_choices field; give it test parameters "
+                               "(ranges/choices) or set parameterless = True")
+
+
+def _instructions(r: _Runner) -> None:
+    templates = r.cls.instructions
+    _require(len(templates) >= 3, f"has {len(templates)} instruction templates, needs >= 3")
+    params = r.sample(r.cls())
+    for t in templates:
+        try:
+            text = t.format(**params)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise CheckFailed(f"template {t!r} cannot be filled from params {sorted(params)}: {exc}") from exc
+        _require(bool(text.strip()), f"template {t!r} renders empty")
+
+
+def _json_round_trip(r: _Runner) -> None:
+    for seed in range(3):
+        params = r.sample(r.cls(), seed)
+        _require(isinstance(params, dict), f"sample_params returned {type(params).__name__}, not a dict")
+        try:
+            back = json.loads(json.dumps(params))
+        except TypeError as exc:
+            raise CheckFailed(f"params {params!r} are not JSON-serialisable: {exc}") from exc
+        _require(back == params and to_jsonable(params) == params,
+                 f"params change in a JSON round trip: {params!r} -> {back!r} (return plain Python values)")
+
+
+def _determinism(r: _Runner) -> None:
+    params = r.sample(r.cls())
+    _require(r.sample(r.cls()) == params, "sample_params with the same seed drew different params")
+    a, b = r.apply(r.cls(), params), r.apply(r.cls(), params)
+    _require(a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes(),
+             "same params + same seed on two fresh instances gave different bytes")
+
+
+def _ignores_instance_ranges(r: _Runner) -> None:
+    default = r.cls()
+    for label, narrowed in r.variants():
+        params = r.sample(narrowed)
+        a, b = r.apply(narrowed, params), r.apply(default, params)
+        _require(a.shape == b.shape and a.tobytes() == b.tobytes(),
+                 f"apply depends on instance fields: params from the instance with {label} give other bytes "
+                 "on a default instance (apply must use only its params)")
+
+
+def _output_and_purity(r: _Runner) -> None:
+    plugin = r.cls()
+    before = r.img.copy()
+    changed = False
+    for seed in range(3):
+        out = r.apply(plugin, r.sample(plugin, seed), seed=seed)
+        r.valid_output(out, r.img, f"draw {seed}")
+        _require(np.array_equal(r.img, before), "apply modified its input image in place")
+        changed |= out.shape != r.img.shape or not np.array_equal(out, r.img)
+    _require(changed, "three random draws all returned the input unchanged")
+
+
+def _extremes(r: _Runner) -> None:
+    for label, plugin in r.variants():
+        for seed in (0, 1):
+            r.valid_output(r.apply(plugin, r.sample(plugin, seed), seed=seed), r.img, label)
+
+
+def _no_global_rng(r: _Runner) -> None:
+    # Reading the legacy global state is the point here: it must be unchanged afterwards.
+    np_state, py_state = np.random.get_state(), random.getstate()  # noqa: NPY002
+    plugin = r.cls()
+    r.apply(plugin, r.sample(plugin))
+    after = np.random.get_state()  # noqa: NPY002
+    same = all(np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y
+               for x, y in zip(np_state, after, strict=True))
+    _require(same,
+             "touched numpy's global RNG (np.random.*); draw from the rng argument")
+    _require(random.getstate() == py_state, "touched Python's global `random` state; draw from the rng argument")
+
+
+def _small_image(r: _Runner) -> None:
+    plugin = r.cls()
+    tiny = probe_image(33, 47)
+    ann = synthetic_annotations(33, 47) if r.cls.requires else None
+    params = plugin.sample_params(np.random.default_rng(0), **r.kw(ann))
+    r.valid_output(plugin.apply(tiny, np.random.default_rng(0), **params, **r.kw(ann)), tiny, "33x47 image")
+
+
+CHECKS: tuple[tuple[str, Callable[[_Runner], None]], ...] = (
+    ("instantiable with defaults", _instantiable),
+    ("declares ranges/choices", _declares_parameters),
+    (">= 3 instructions render", _instructions),
+    ("params JSON round trip", _json_round_trip),
+    ("deterministic", _determinism),
+    ("apply ignores instance ranges", _ignores_instance_ranges),
+    ("output contract, pure", _output_and_purity),
+    ("every range extreme and choice", _extremes),
+    ("no global RNG", _no_global_rng),
+    ("small odd image", _small_image),
+)
+
+
+def _resolve(target: type[Degradation] | str) -> tuple[type[Degradation], str]:
+    if isinstance(target, str):
+        cls = registry.load_target(target)
+        return cls, (target if ":" not in target else cls.display_name())
+    registry.validate_class(target, getattr(target, "__name__", str(target)), origin="check_plugin argument")
+    return target, target.display_name()
+
+
+def run_checks(target: type[Degradation] | str, sizes: tuple[int, ...] = ()) -> list[Result]:
+    """Run every contract check; the first failing prerequisite (instantiation) stops the rest."""
+    try:
+        cls, name = _resolve(target)
+    except PluginError as exc:
+        return [Result(str(target), "loadable", False, str(exc))]
+    runner = _Runner(cls, name)
+    results: list[Result] = []
+    checks = list(CHECKS) + [(f"runs at {s}x{s}", _sized(s)) for s in sizes]
+    for label, fn in checks:
+        try:
+            fn(runner)
+            results.append(Result(name, label, True))
+        except CheckFailed as exc:
+            results.append(Result(name, label, False, str(exc)))
+        except Exception as exc:  # a plugin crash is a failed check, reported with where it happened
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            results.append(Result(name, label, False, f"raised {type(exc).__name__}: {exc} "
+                                                      f"({where.filename}:{where.lineno})"))
+        if label == "instantiable with defaults" and not results[-1].ok:
+            break
+    return results
+
+
+def _sized(size: int) -> Callable[[_Runner], None]:
+    def check(r: _Runner) -> None:
+        import cv2
+
+        img = np.ascontiguousarray(cv2.resize(_photo(), (size, size), interpolation=cv2.INTER_AREA))
+        ann = synthetic_annotations(size, size) if r.cls.requires else None
+        plugin = r.cls()
+        params = plugin.sample_params(np.random.default_rng(0), **r.kw(ann))
+        r.valid_output(plugin.apply(img, np.random.default_rng(0), **params, **r.kw(ann)), img, f"{size}x{size}")
+
+    return check
+
+
+def check_plugin(target: type[Degradation] | str, sizes: tuple[int, ...] = ()) -> list[Failure]:
+    """The contract failures of a plugin class, a registered name or ``module:Class`` (empty = passes)."""
+    return [Failure(r.plugin, r.check, r.message) for r in run_checks(target, sizes) if not r.ok]
