@@ -32,11 +32,15 @@ def join(root: str, name: str) -> str:
     return posixpath.join(root.rstrip("/"), name) if "://" in root else str(_local(root) / name)
 
 
-def load_manifest(root: str) -> Manifest:
+def _opts(url: str, storage_options: dict | None) -> dict:
+    return dict(storage_options or {}) if url.startswith("s3://") else {}
+
+
+def load_manifest(root: str, storage_options: dict | None = None) -> Manifest:
     """The manifest of the corpus at ``root`` (local folder or ``s3://`` prefix)."""
     url = join(root, MANIFEST)
     try:
-        with fsspec.open(url, "rt", encoding="utf-8") as f:
+        with fsspec.open(url, "rt", encoding="utf-8", **_opts(url, storage_options)) as f:
             text = f.read()
     except FileNotFoundError:
         raise SchemaError(f"{url}: no manifest; is {root!r} a finished omnilv corpus? "
@@ -57,11 +61,20 @@ def split_member(name: str) -> tuple[str, str]:
     return key, member
 
 
-def iter_members(url: str, stats: ReadStats | None = None) -> Iterator[dict[str, bytes]]:
+def iter_member_names(url: str, storage_options: dict | None = None) -> Iterator[str]:
+    """Names of the regular-file members of one tar shard, in order (no member is read)."""
+    with fsspec.open(url, "rb", **_opts(url, storage_options)) as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
+        for info in tar:
+            if info.isfile():
+                yield info.name
+
+
+def iter_members(url: str, stats: ReadStats | None = None,
+                 storage_options: dict | None = None) -> Iterator[dict[str, bytes]]:
     """Raw WebDataset dicts (``__key__`` + whitelisted members) from one tar shard, streamed."""
     stats = stats if stats is not None else ReadStats()
     current: dict[str, bytes] = {}
-    with fsspec.open(url, "rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
+    with fsspec.open(url, "rb", **_opts(url, storage_options)) as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
         for info in tar:
             if not info.isfile():
                 continue
@@ -80,11 +93,13 @@ def iter_members(url: str, stats: ReadStats | None = None) -> Iterator[dict[str,
         yield current
 
 
-def iter_samples(root: str, stats: ReadStats | None = None) -> Iterator[Sample]:
+def iter_samples(root: str, stats: ReadStats | None = None, storage_options: dict | None = None,
+                 limit_shards: int | None = None) -> Iterator[Sample]:
     """Decoded samples of every manifest-listed shard; a bad sample is skipped and counted."""
     stats = stats if stats is not None else ReadStats()
-    for url in shard_urls(root):
-        for members in iter_members(url, stats):
+    urls = shard_urls(root, load_manifest(root, storage_options))
+    for url in urls[:limit_shards]:
+        for members in iter_members(url, stats, storage_options):
             try:
                 sample = Sample.from_members(members)
             except SchemaError as exc:

@@ -1,0 +1,133 @@
+"""Build report: ``report.json`` + ``report.html`` + one PNG contact sheet per domain, beside the manifest.
+
+Unlike the manifest, the report holds run facts (throughput, times), so it is not
+part of the byte-identical set.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import textwrap
+from collections import Counter
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pipelines.config import CorpusConfig
+from pipelines.schema import Manifest, Sample
+from pipelines.storage import Store
+
+REPORT_JSON, REPORT_HTML = "report.json", "report.html"
+
+
+def contact_sheet(samples: list[Sample], cell: int = 160) -> np.ndarray:
+    """Rows of input | target | instruction, as an RGB uint8 image."""
+    rows = [_row(s, cell) for s in samples] or [np.full((cell, cell * 3, 3), 255, np.uint8)]
+    header = _text_panel("input | target | instruction", cell * 3, 24, scale=0.5)
+    return np.concatenate([header, *rows], axis=0)
+
+
+def _row(s: Sample, cell: int) -> np.ndarray:
+    tiles = [_tile(s.input, cell), _tile(s.target, cell)]
+    label = f"[{s.meta.get('task', '?')}] {s.instruction}"
+    tiles.append(_text_panel(label, cell, cell))
+    row = np.concatenate(tiles, axis=1)
+    row[-1:, :] = 200  # thin separator between samples
+    return row
+
+
+def _tile(img: np.ndarray, cell: int) -> np.ndarray:
+    u8 = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
+    h, w = u8.shape[:2]
+    s = cell / max(h, w)
+    u8 = cv2.resize(u8, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_NEAREST
+                    if s >= 1 else cv2.INTER_AREA)
+    out = np.full((cell, cell, 3), 255, np.uint8)
+    out[: u8.shape[0], : u8.shape[1]] = u8
+    return out
+
+
+def _text_panel(text: str, width: int, height: int, scale: float = 0.4) -> np.ndarray:
+    panel = np.full((height, width, 3), 255, np.uint8)
+    chars = max(8, int(width / (scale * 20)))
+    safe = text.encode("ascii", "replace").decode("ascii")  # Hershey fonts draw ASCII only
+    for i, line in enumerate(textwrap.wrap(safe, chars)[: max(1, height // 16)]):
+        cv2.putText(panel, line, (4, 16 + 16 * i), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return panel
+
+
+def encode_sheet(sheet: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(sheet[..., ::-1]))
+    if not ok:
+        raise OSError("could not encode the contact sheet")
+    return buf.tobytes()
+
+
+def samples_by_domain(store: Store, rows: int, domains: set[str], max_shards: int = 8) -> dict[str, list[Sample]]:
+    """Up to ``rows`` samples per domain from the first manifest-listed shards (stops once all are full)."""
+    from pipelines.read import iter_samples
+
+    out: dict[str, list[Sample]] = {}
+    if rows <= 0:
+        return out
+    for s in iter_samples(store.root, storage_options=store.options, limit_shards=max_shards):
+        bucket = out.setdefault(str(s.meta.get("domain", "unknown")), [])
+        if len(bucket) < rows:
+            bucket.append(s)
+        if all(len(out.get(d, ())) >= rows for d in domains):
+            break
+    return out
+
+
+def write_report(store: Store, cfg: CorpusConfig, manifest: Manifest, records: list[dict[str, Any]],
+                 stats: dict[str, Any]) -> str:
+    """Write the report files; returns the path/URL of ``report.json``."""
+    from pipelines.synth import get_task
+
+    tasks: Counter = Counter()
+    rejects: Counter = Counter()
+    rejected: list[list[str]] = []
+    for r in records:
+        tasks.update(r.get("tasks", {}))
+        rejects.update(r.get("rejects", {}))
+        rejected.extend(r.get("rejected", []))
+    domains: Counter = Counter()
+    for name, n in tasks.items():
+        domains[get_task(name).domain] += n
+    built = stats.get("built_samples", 0)
+    report = {
+        "name": cfg.name, "root": store.root, "samples": manifest.samples, "shards": len(manifest.shards),
+        "bytes": sum(s.bytes for s in manifest.shards), "tasks": dict(sorted(tasks.items())),
+        "domains": dict(sorted(domains.items())), "rejects": dict(sorted(rejects.items())), "rejected": rejected,
+        "seconds": round(stats.get("seconds", 0.0), 3), "built_samples": built,
+        "samples_per_s": round(built / stats["seconds"], 3) if stats.get("seconds") else 0.0,
+        "resumed_shards": stats.get("resumed_shards", 0), "built_shards": stats.get("built_shards", 0),
+        "task_seconds": round(stats.get("task_seconds", 0.0), 3),
+        "config_sha256": manifest.config_sha256, "contact_sheets": {},
+    }
+    for domain, samples in sorted(samples_by_domain(store, cfg.runtime.contact_sheet_rows, set(domains)).items()):
+        name = f"contact_{domain}.png"
+        store.write(name, encode_sheet(contact_sheet(samples)))
+        report["contact_sheets"][domain] = name
+    store.write(REPORT_JSON, json.dumps(report, indent=1, sort_keys=True).encode())
+    store.write(REPORT_HTML, render_html(report).encode("utf-8"))
+    return store.url(REPORT_JSON)
+
+
+def render_html(r: dict[str, Any]) -> str:
+    def table(title: str, counts: dict[str, int]) -> str:
+        body = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{v}</td></tr>" for k, v in counts.items())
+        return f"<h2>{title}</h2><table><tr><th>name</th><th>count</th></tr>{body or '<tr><td>none</td></tr>'}</table>"
+
+    sheets = "".join(f"<h3>{html.escape(d)}</h3><img src='{html.escape(n)}'>" for d, n in r["contact_sheets"].items())
+    skipped = "".join(f"<li>{html.escape(u)}: {html.escape(why)}</li>" for u, why in r["rejected"][:200])
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(r['name'])} corpus report"
+            "</title><style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:left}</style></head><body>"
+            f"<h1>{html.escape(r['name'])}: {r['samples']} samples in {r['shards']} shards ({r['bytes']:,} bytes)</h1>"
+            f"<p>{r['built_samples']} samples built in {r['seconds']} s ({r['samples_per_s']} samples/s); "
+            f"{r['resumed_shards']} shards resumed. Config sha256 {r['config_sha256']}.</p>"
+            f"{table('Tasks', r['tasks'])}{table('Domains', r['domains'])}{table('Rejects by reason', r['rejects'])}"
+            f"<h2>Skipped sources</h2><ul>{skipped or '<li>none</li>'}</ul><h2>Samples per domain</h2>{sheets}"
+            "</body></html>")

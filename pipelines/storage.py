@@ -1,0 +1,168 @@
+"""Where a corpus lives: a local folder or an ``s3://`` prefix, behind one small interface.
+
+Every write is a *commit*: the object appears complete or not at all. Locally that
+is a write to a temp name in the same folder followed by an atomic rename; on S3 a
+single PUT (or a completed multipart upload; s3fs aborts a failed one, and
+:meth:`Store.abort_stale_uploads` clears any left by a killed process). Transient
+errors (S3 5xx, refused connections) are retried with backoff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import fsspec
+
+from pipelines.config import S3Config
+
+T = TypeVar("T")
+TMP_MARK = ".tmp-"
+COMMITS = "_commits"
+BUILD_STATE = "_build.json"
+
+
+def s3_options(s3: S3Config | None = None) -> dict[str, Any]:
+    """s3fs options from the config, falling back to the standard AWS_* environment variables."""
+    s3 = s3 or S3Config()
+    opts: dict[str, Any] = {"anon": s3.anon} if s3.anon else {}
+    endpoint = s3.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    client: dict[str, Any] = {}
+    if endpoint:
+        client["endpoint_url"] = endpoint
+    region = s3.region or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+    if region:
+        client["region_name"] = region
+    if client:
+        opts["client_kwargs"] = client
+    # Workers may run in processes started before these were exported (a shared local Ray): pass them on.
+    for env, key in (("AWS_ACCESS_KEY_ID", "key"), ("AWS_SECRET_ACCESS_KEY", "secret"), ("AWS_SESSION_TOKEN", "token")):
+        if os.environ.get(env) and not s3.anon:
+            opts[key] = os.environ[env]
+    opts["config_kwargs"] = {"retries": {"max_attempts": 8, "mode": "standard"}, "connect_timeout": 5,
+                             "read_timeout": 30}
+    return opts
+
+
+def with_retries(fn: Callable[[], T], what: str, attempts: int = 8, first_delay: float = 0.25) -> T:
+    """Call ``fn`` until it succeeds, retrying transient I/O errors with exponential backoff."""
+    delay = first_delay
+    for i in range(attempts):
+        try:
+            return fn()
+        except (FileNotFoundError, PermissionError):
+            raise
+        except (OSError, ConnectionError, TimeoutError, RuntimeError) as exc:
+            if isinstance(exc, OSError) and exc.errno in (errno.EINVAL, errno.EACCES, errno.EPERM):
+                raise  # a request S3 rejects for what it is will not succeed later
+
+            if i == attempts - 1:
+                raise OSError(f"{what}: gave up after {attempts} attempts: {exc}") from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
+    raise AssertionError("unreachable")
+
+
+class Store:
+    """A corpus root (local folder or ``s3://bucket/prefix``) with atomic writes."""
+
+    def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.root = root.rstrip("/") if "://" in root else os.path.abspath(root.removeprefix("file://"))
+        self.is_s3 = self.root.startswith("s3://")
+        self.options = dict(storage_options or {}) if self.is_s3 else {}
+        # A private instance without listing caches: resume decisions must see the bucket as it is now.
+        extra = {"skip_instance_cache": True, "use_listings_cache": False} if self.is_s3 else {}
+        self.fs = fsspec.filesystem("s3" if self.is_s3 else "file", **self.options, **extra)
+        if not self.is_s3:
+            os.makedirs(self.root, exist_ok=True)
+
+    def path(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def url(self, name: str) -> str:
+        return self.path(name)
+
+    def exists(self, name: str) -> bool:
+        return with_retries(lambda: self.fs.exists(self.path(name)), f"stat {self.path(name)}")
+
+    def size(self, name: str) -> int:
+        return int(with_retries(lambda: self.fs.info(self.path(name))["size"], f"stat {self.path(name)}"))
+
+    def read(self, name: str) -> bytes:
+        return with_retries(lambda: self.fs.cat_file(self.path(name)), f"read {self.path(name)}")
+
+    def sha256(self, name: str) -> str:
+        h = hashlib.sha256()
+        with self.fs.open(self.path(name), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+
+    def write(self, name: str, data: bytes) -> None:
+        """Commit ``data`` at ``name``: complete or absent, never partial."""
+        target = self.path(name)
+        if self.is_s3:
+            with_retries(lambda: self.fs.pipe_file(target, data), f"upload {target}")
+            return
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        tmp = f"{target}{TMP_MARK}{uuid.uuid4().hex[:8]}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)  # atomic on POSIX: readers see the old file or the whole new one
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Names (relative to the root) of the objects under ``prefix``."""
+        base = self.path(prefix).rstrip("/")
+        try:
+            found = with_retries(lambda: self.fs.find(base), f"list {base}")
+        except FileNotFoundError:
+            return []
+        root = self.root.removeprefix("s3://") if self.is_s3 else self.root
+        return sorted(p[len(root) + 1:] for p in found)
+
+    def remove(self, names: list[str]) -> None:
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                with_retries(lambda n=name: self.fs.rm_file(self.path(n)), f"delete {self.path(name)}")
+
+    def clean_temps(self) -> int:
+        """Delete temp files a killed writer left (local) and stale multipart uploads (S3)."""
+        if self.is_s3:
+            return self.abort_stale_uploads()
+        stale = [n for n in self.list() if TMP_MARK in n]
+        self.remove(stale)
+        return len(stale)
+
+    def abort_stale_uploads(self) -> int:
+        """Abort incomplete multipart uploads under this prefix (a killed upload leaves hidden parts)."""
+        bucket, _, prefix = self.root.removeprefix("s3://").partition("/")
+        resp = with_retries(lambda: self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix),
+                            f"list uploads under {self.root}")
+        uploads = resp.get("Uploads", [])
+        for up in uploads:
+            with_retries(lambda u=up: self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=u["Key"],
+                                                      UploadId=u["UploadId"]), f"abort upload {up['Key']}")
+        return len(uploads)
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket if it does not exist (handy on a fresh endpoint; a no-op locally)."""
+        if not self.is_s3:
+            return
+        bucket = self.root.removeprefix("s3://").split("/", 1)[0]
+        if with_retries(lambda: self.fs.exists(bucket), f"stat bucket {bucket}"):
+            return
+        region = self.options.get("client_kwargs", {}).get("region_name")
+        kw = {"CreateBucketConfiguration": {"LocationConstraint": region}} if region not in (None, "us-east-1") else {}
+        with_retries(lambda: self.fs.call_s3("create_bucket", Bucket=bucket, **kw), f"create bucket {bucket}")

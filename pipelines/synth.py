@@ -1,0 +1,307 @@
+"""The per-sample stage: decode/validate/convert a source → crop → synthesize → exemplar → Sample.
+
+Bad inputs never raise out of here: :func:`decode_image` raises :class:`Reject`
+with a reason code that the shard task counts. Every random draw of a sample
+comes from its own generator, seeded from (corpus seed, source id, variant).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from degradations.compose import Task, replay, synthesize
+from pipelines.config import CorpusConfig, GeometryConfig
+from pipelines.schema import SCHEMA_VERSION, Sample, sample_key
+
+#: Reason codes a skipped source can get (the report lists counts per code).
+REASONS = ("empty", "not_image", "truncated", "too_large", "too_small", "unreadable", "synth_error")
+_EXIF_ORIENTATION = 0x0112
+
+
+class Reject(Exception):
+    """A source that cannot become a sample; ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass
+class Clean:
+    """A decoded source: float32 RGB [0, 1] after orientation and resize, plus provenance."""
+
+    uri: str
+    sha256: str
+    image: np.ndarray
+    orig_size: tuple[int, int]  # (H, W) as decoded, after EXIF orientation
+
+
+def sample_rng(seed: int, source_id: str, variant: int, stream: str = "sample") -> np.random.Generator:
+    """The generator of one sample: a pure function of (corpus seed, source id, variant, stream)."""
+    words = np.frombuffer(hashlib.sha256(f"{stream}\0{source_id}".encode()).digest()[:16], dtype="<u4")
+    return np.random.default_rng([seed, variant, *(int(w) for w in words)])
+
+
+# -- decode / validate / convert -----------------------------------------------------------------
+def decode_image(data: bytes, geo: GeometryConfig) -> tuple[np.ndarray, tuple[int, int]]:
+    """Source bytes → float32 RGB in [0, 1] (oriented, resized per ``geo``), or :class:`Reject`."""
+    if not data:
+        raise Reject("empty")
+    try:
+        with warnings.catch_warnings():
+            # our own max_pixels check below decides; PIL still refuses (raises) above twice its own limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if w * h > geo.max_pixels:
+                raise Reject("too_large", f"{w}x{h} exceeds max_pixels={geo.max_pixels}")
+            im.load()  # a truncated file raises here, before any pixel is used
+    except Reject:
+        raise
+    except (UnidentifiedImageError, SyntaxError) as exc:
+        raise Reject("not_image", str(exc)) from None
+    except Image.DecompressionBombError as exc:
+        raise Reject("too_large", str(exc)) from None
+    except OSError as exc:
+        reason = "truncated" if "truncated" in str(exc) or "broken data" in str(exc) else "unreadable"
+        raise Reject(reason, str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - a codec bug on a hostile file must not kill the shard
+        raise Reject("unreadable", f"{type(exc).__name__}: {exc}") from None
+    try:
+        rgb = _orient(_to_rgb(im, data), im.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception as exc:  # noqa: BLE001 - e.g. a corrupt EXIF block or an exotic mode
+        raise Reject("unreadable", f"{type(exc).__name__}: {exc}") from None
+    orig = rgb.shape[:2]
+    rgb = _resize_short(rgb, geo.resize_short)
+    if min(rgb.shape[:2]) < geo.min_size:
+        raise Reject("too_small", f"{rgb.shape[1]}x{rgb.shape[0]} below min_size={geo.min_size}")
+    return rgb, orig
+
+
+def _to_rgb(im: Image.Image, data: bytes) -> np.ndarray:
+    """Any PIL mode → float32 RGB; 16-bit kept at full precision, alpha composited on white."""
+    if im.format == "PNG" and data[12:16] == b"IHDR" and data[24] == 16:
+        # PIL reduces 16-bit RGB(A) PNGs to 8 bits; OpenCV keeps all 16 (IHDR byte 24 is the bit depth).
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+        if arr is not None and arr.dtype == np.uint16:
+            if arr.ndim == 2:
+                arr = arr[..., None]
+            arr = arr.astype(np.float32) / np.float32(65535.0)
+            rgb = np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr[..., [2, 1, 0]]
+            alpha = arr[..., 3:4] if arr.shape[2] == 4 else None
+            return _composite(rgb, alpha)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float32)
+        arr = arr / np.float32(65535.0 if arr.max(initial=0) > 255 or "16" in im.mode else 255.0)
+        return np.ascontiguousarray(np.repeat(np.clip(arr, 0, 1)[..., None], 3, axis=2))
+    if im.mode == "F":
+        arr = np.clip(np.asarray(im, dtype=np.float32), 0, 1)
+        return np.ascontiguousarray(np.repeat(arr[..., None], 3, axis=2))
+    has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+    im = im.convert("RGBA" if has_alpha else "RGB")  # CMYK, YCbCr, L, 1, P -> RGB
+    arr = np.asarray(im, dtype=np.float32) / np.float32(255.0)
+    return _composite(arr[..., :3], arr[..., 3:4] if has_alpha else None)
+
+
+def _composite(rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    if alpha is not None:
+        rgb = rgb * alpha + (1.0 - alpha)  # transparent pixels become white, not black garbage
+    return np.ascontiguousarray(rgb, dtype=np.float32)
+
+
+def _orient(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1–8) so the pixels are upright."""
+    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+           7: lambda a: a[::-1, ::-1].transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1)}
+    fn = ops.get(int(orientation) if isinstance(orientation, int) else 1)
+    return np.ascontiguousarray(fn(img)) if fn else img
+
+
+def _resize_short(img: np.ndarray, short: int) -> np.ndarray:
+    if not short or min(img.shape[:2]) == short:
+        return img
+    h, w = img.shape[:2]
+    s = short / min(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC
+    return np.clip(cv2.resize(img, size, interpolation=interp), 0, 1).astype(np.float32, copy=False)
+
+
+def load_clean(uri: str, data: bytes, geo: GeometryConfig) -> Clean:
+    """Decode a fetched source into a :class:`Clean` (raises :class:`Reject`)."""
+    img, orig = decode_image(data, geo)
+    return Clean(uri, hashlib.sha256(data).hexdigest(), img, orig)
+
+
+# -- crop + synthesize ---------------------------------------------------------------------------
+def crop_box(shape: tuple[int, ...], geo: GeometryConfig, rng: np.random.Generator) -> list[int]:
+    """[top, left, height, width] of the crop (drawn from ``rng`` for random crops)."""
+    h, w, size = shape[0], shape[1], geo.crop_size
+    if geo.crop == "center":
+        return [(h - size) // 2, (w - size) // 2, size, size]
+    return [int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1)), size, size]
+
+
+def cut(img: np.ndarray, box: list[int]) -> np.ndarray:
+    top, left, h, w = box
+    return np.ascontiguousarray(img[top:top + h, left:left + w])
+
+
+def pick_task(tasks: list[tuple[str, float]], rng: np.random.Generator) -> str:
+    weights = np.asarray([w for _, w in tasks], dtype=np.float64)
+    return tasks[int(rng.choice(len(tasks), p=weights / weights.sum()))][0]
+
+
+def make_part(task: Task, clean: Clean, cfg: CorpusConfig, variant: int, stream: str) -> tuple[Any, dict]:
+    """Crop and synthesize one (input, target) pair; returns the Synthesis and its provenance."""
+    rng = sample_rng(cfg.output.seed, clean.uri, variant, stream)
+    box = crop_box(clean.image.shape, cfg.geometry, rng)
+    syn = synthesize(task, cut(clean.image, box), rng)
+    prov = {"source": clean.uri, "source_sha256": clean.sha256, "variant": variant, "stream": stream,
+            "crop": box, "source_size": list(clean.orig_size), "resized_size": list(clean.image.shape[:2]),
+            "steps": [s.to_json() for s in syn.steps]}
+    return syn, prov
+
+
+def make_sample(task: Task, clean: Clean, variant: int, cfg: CorpusConfig,
+                exemplar: Clean | None = None) -> Sample:
+    """One schema sample: the json record holds everything :func:`regenerate` needs."""
+    syn, prov = make_part(task, clean, cfg, variant, "sample")
+    meta: dict[str, Any] = {**syn.record(), **prov, "seed": cfg.output.seed, "key": sample_key(clean.uri, variant),
+                            "instruction": syn.instruction, "size": list(syn.input.shape[:2]),
+                            "corpus_version": SCHEMA_VERSION, "geometry": cfg.geometry.model_dump(mode="json")}
+    ref_in = ref_tgt = None
+    if exemplar is not None:
+        ref, ref_prov = make_part(task, exemplar, cfg, variant, f"exemplar:{clean.uri}")
+        ref_in, ref_tgt, meta["exemplar"] = ref.input, ref.target, ref_prov
+    return Sample(meta["key"], syn.input, syn.target, syn.instruction, meta, ref_in, ref_tgt)
+
+
+def rebuild(meta: dict[str, Any], clean_img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Replay a recorded pair from its decoded (resized) source image."""
+    record = {"steps": meta["steps"], "domain": meta["domain"]}
+    return replay(record, cut(clean_img, meta["crop"]))
+
+
+# -- the task mixture ----------------------------------------------------------------------------
+_TASKS: dict[str, Task] = {}
+
+
+def get_task(name: str) -> Task:
+    """The Task registered as ``name`` (built once per process)."""
+    if name not in _TASKS:
+        from degradations.compose import task_for
+
+        _TASKS[name] = task_for(name)
+    return _TASKS[name]
+
+
+def resolve_mixture(cfg: CorpusConfig) -> list[tuple[str, float]]:
+    """(task name, weight) pairs, sorted by name, zero weights dropped; domain multipliers applied.
+
+    ``default_weight`` adds every registered plugin that needs no annotations and is not named.
+    """
+    from degradations import registry
+
+    mix = cfg.mixture
+    weights = dict(mix.tasks)
+    if mix.default_weight > 0:
+        for name in registry.names():
+            if name in weights:
+                continue
+            try:
+                if not registry.get(name).requires:
+                    weights[name] = mix.default_weight
+            except Exception as exc:  # noqa: BLE001 - a broken third-party plugin must not stop the build
+                logging.getLogger(__name__).warning("plugin %s cannot be loaded, left out of the mixture: %s",
+                                                    name, exc)
+    out = []
+    for name in sorted(weights):
+        w = weights[name] * mix.domain_weights.get(get_task(name).domain, 1.0)
+        if w > 0:
+            out.append((name, float(w)))
+    if not out:
+        raise ValueError("mixture: no task has a positive weight after domain_weights")
+    return out
+
+
+# -- one shard's samples -------------------------------------------------------------------------
+def generate_shard(cfg: CorpusConfig, job: Any, opts: dict[str, Any],
+                   mixture: list[tuple[str, float]]) -> tuple[list[dict[str, bytes]], dict]:
+    """The member dicts of one shard (in source, variant order) and its commit-record counts.
+
+    ``mixture`` is the one the driver resolved, so every worker draws from the same task list.
+    """
+    from collections import Counter, OrderedDict
+
+    from pipelines.sources import fetch
+
+    log = logging.getLogger(__name__)
+    cache: OrderedDict[str, Clean | Reject] = OrderedDict()
+
+    def load(uri: str) -> Clean | Reject:
+        if uri in cache:
+            cache.move_to_end(uri)
+            return cache[uri]
+        try:
+            item: Clean | Reject = load_clean(uri, fetch(uri, opts), cfg.geometry)
+        except Reject as exc:
+            item = exc
+        except OSError as exc:  # unreadable source (permissions, vanished object): skip, count
+            item = Reject("unreadable", str(exc))
+        cache[uri] = item
+        while len(cache) > 4:  # decoded photos are large: keep only the few an exemplar may reuse
+            cache.popitem(last=False)
+        return item
+
+    members: list[dict[str, bytes]] = []
+    tasks: Counter = Counter()
+    rejects: Counter = Counter()
+    rejected: list[list[str]] = []
+    for uri in job.sources:
+        clean = load(uri)
+        if isinstance(clean, Reject):
+            rejects[clean.reason] += 1
+            rejected.append([uri, clean.reason])
+            continue
+        for variant in range(cfg.variants_per_source):
+            pick = sample_rng(cfg.output.seed, uri, variant, "task")
+            name = pick_task(mixture, pick)
+            exemplar = None
+            if cfg.mixture.exemplar_probability > 0 and pick.random() < cfg.mixture.exemplar_probability:
+                exemplar = _pick_exemplar(job.pool, uri, pick, load)
+            try:
+                sample = make_sample(get_task(name), clean, variant, cfg, exemplar)
+                members.append(sample.to_members(cfg.output.png_level))
+            except Exception as exc:  # noqa: BLE001 - one plugin failing on one crop must not lose the shard
+                log.warning("%s variant %d: task %s failed: %s", uri, variant, name, exc)
+                rejects["synth_error"] += 1
+                rejected.append([f"{uri}#{variant}", "synth_error"])
+                continue
+            tasks[name] += 1
+    record = {"tasks": dict(sorted(tasks.items())), "rejects": dict(sorted(rejects.items())), "rejected": rejected,
+              "sources": len(job.sources)}
+    return members, record
+
+
+def _pick_exemplar(pool: tuple[str, ...], uri: str, rng: np.random.Generator, load: Any) -> Clean | None:
+    """Another source of the pool (up to 3 tries past bad ones), drawn from the sample's task generator."""
+    others = [u for u in pool if u != uri]
+    if not others:
+        return None
+    start = int(rng.integers(len(others)))
+    for i in range(min(3, len(others))):
+        cand = load(others[(start + i) % len(others)])
+        if isinstance(cand, Clean):
+            return cand
+    return None
