@@ -74,11 +74,26 @@ def add_gaussian_noise(img: np.ndarray, sigma: float, gray: bool, rng: np.random
     return clip01(cv2.scaleAdd(_noise_field(img.shape, gray, rng), float(sigma), img))
 
 
+#: Below this many expected photons a pixel draws exact Poisson counts; above, the normal approximation
+#: N(lam, lam), rounded to whole counts (skewness 1/sqrt(lam) < 0.23, rounding adds < 0.5% variance).
+POISSON_EXACT_BELOW = 20.0
+
+
+def poisson_counts(lam: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Poisson(lam) counts as float32: exact where lam is small, rounded-normal elsewhere (~6x faster)."""
+    lam = np.ascontiguousarray(lam, dtype=np.float32)
+    counts = cv2.scaleAdd(cv2.multiply(cv2.sqrt(lam), standard_normal(lam.shape, rng)), 1.0, lam)
+    np.rint(counts, out=counts)
+    dark = lam < POISSON_EXACT_BELOW
+    if dark.any():
+        counts[dark] = rng.poisson(lam[dark].astype(np.float64))
+    return np.maximum(counts, 0.0, out=counts)
+
+
 def add_poisson_noise(img: np.ndarray, scale: float, gray: bool, rng: np.random.Generator) -> np.ndarray:
     """Shot noise of an 8-bit sensor (photon counts = 255 * intensity), its deviation times ``scale``."""
     src = luminance(img) if gray else img
-    counts = rng.poisson(src.astype(np.float64) * 255.0).astype(np.float32) * np.float32(1 / 255)
-    noise = counts - src
+    noise = poisson_counts(src * np.float32(255.0), rng) * np.float32(1 / 255) - src
     return clip01(cv2.scaleAdd(gray3(noise) if gray else noise, float(scale), img))
 
 
