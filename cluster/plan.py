@@ -1,0 +1,234 @@
+"""Size a corpus build and the three training stages from what the benchmarks measured.
+
+Every rate comes from two benchmark output files (``bench/results/corpus_build.json`` and
+``bench/results/train_step.json``); the only typed-in numbers are the flags' defaults (device peak,
+assumed MFU, steps, batch), and every one of them is shown next to the result it produced.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+CORPUS_FILE = "corpus_build.json"
+TRAIN_FILE = "train_step.json"
+CORPUS_KEYS = ("samples_per_s_per_core", "bytes_per_sample", "resolution", "cores", "chain")
+_SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}
+
+
+class PlanError(Exception):
+    """A missing/malformed benchmark file or a bad flag; the message names the file and key."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage: resolution, steps and the FLOPs key of train_step.json that prices it."""
+
+    name: str
+    resolution: int
+    steps: int
+    flops_key: str
+    note: str
+
+
+@dataclass
+class PlanInputs:
+    """The flags of ``omnilv cluster plan``."""
+
+    pairs: int
+    resolution: int = 512
+    nodes: int = 4
+    gpus_per_node: int = 8
+    cpus_per_node: int = 96
+    cpu_nodes: int = 0
+    cpus_per_cpu_node: int = 96
+    samples_per_shard: int = 256        # what configs/corpus/production_40m.yaml writes
+    part_mb: float = 50.0               # s3fs default block size: multipart part on write, ranged GET on read
+    steps: tuple[int, int, int] = (100_000, 100_000, 10_000)
+    global_batch: int = 256
+    peak_tflops: float = 312.0          # A100 dense bf16
+    mfu: float = 0.40
+
+
+@dataclass
+class Plan:
+    inputs: dict
+    sources: dict
+    corpus: dict
+    s3: dict
+    stages: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def parse_count(text: str | int) -> int:
+    """``40M``, ``1.5B``, ``500k``, ``40_000_000`` -> int."""
+    s = str(text).strip().lower().replace("_", "").replace(",", "")
+    mult = _SUFFIX.get(s[-1:], 1.0)
+    num = s[:-1] if s[-1:] in _SUFFIX else s
+    try:
+        value = float(num) * mult
+    except ValueError:
+        raise PlanError(f"{text!r} is not a count (examples: 40M, 1.5B, 500k, 40000000)") from None
+    if value < 1:
+        raise PlanError(f"{text!r}: the count must be at least 1")
+    return int(round(value))
+
+
+def parse_steps(text: str) -> tuple[int, int, int]:
+    parts = [p for p in str(text).split(",") if p.strip()]
+    if len(parts) != 3:
+        raise PlanError(f"--steps {text!r}: give three counts STAGE1,STAGE2,STAGE3 (e.g. 100k,100k,10k)")
+    s1, s2, s3 = (parse_count(p) for p in parts)
+    return s1, s2, s3
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise PlanError(f"{path}: not found. Run the {what} benchmark first (`make bench`) or point "
+                        "--bench-dir at a folder holding its output")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise PlanError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise PlanError(f"{path}: expected a JSON object at the top level")
+    return data
+
+
+def _number(data: dict, key: str, path: Path) -> float:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise PlanError(f"{path}: key {key!r} must be a positive number, found {value!r}")
+    return float(value)
+
+
+def load_bench(bench_dir: str | Path) -> tuple[dict, dict, dict]:
+    """Read and check both files; returns (corpus figures, train figures, {name: path})."""
+    bench_dir = Path(bench_dir)
+    cpath, tpath = bench_dir / CORPUS_FILE, bench_dir / TRAIN_FILE
+    corpus = _read_json(cpath, "corpus build (bench/corpus_build.py)")
+    for key in ("samples_per_s_per_core", "bytes_per_sample", "resolution"):
+        _number(corpus, key, cpath)
+    train = _read_json(tpath, "training step (bench/train_step.py)")
+    flops = train.get("flops_per_sample")
+    if not isinstance(flops, dict):
+        raise PlanError(f"{tpath}: key 'flops_per_sample' must be an object like "
+                        '{"stage1_512": ..., "stage3_1024": ...}')
+    for key in ("stage1_512", "stage3_1024"):
+        _number(flops, key, tpath)
+    gpu = train.get("gpu")
+    if gpu is not None:
+        if not isinstance(gpu, dict):
+            raise PlanError(f"{tpath}: key 'gpu' must be null or an object")
+        _number(gpu, "samples_per_s", tpath)
+    return corpus, train, {"corpus": str(cpath), "train": str(tpath)}
+
+
+def stages_for(steps: tuple[int, int, int]) -> list[Stage]:
+    return [
+        Stage("stage1", 512, steps[0], "stage1_512", "512², instruction only (paper: 100k steps)"),
+        Stage("stage2", 512, steps[1], "stage1_512",
+              "512² with in-context exemplars (paper: 100k steps); exemplar tokens are added to the "
+              "input tokens, not concatenated, so priced at the stage-1 FLOPs per sample"),
+        Stage("stage3", 1024, steps[2], "stage3_1024", "1024² fine-tuning (length: your --steps)"),
+    ]
+
+
+def _gpu_key(gpu: dict, flops: dict) -> str | None:
+    """Which flops_per_sample entry the GPU measurement corresponds to (by preset name, else resolution)."""
+    if gpu.get("preset") in flops:
+        return str(gpu["preset"])
+    return {512: "stage1_512", 1024: "stage3_1024"}.get(gpu.get("resolution"))
+
+
+def gpu_seconds_per_sample(stage: Stage, train: dict, p: PlanInputs) -> tuple[float, str]:
+    """Seconds of one GPU per training sample, and how it was obtained."""
+    flops = train["flops_per_sample"]
+    gpu = train.get("gpu")
+    key = _gpu_key(gpu, flops) if gpu else None
+    if gpu and key and isinstance(gpu.get("mfu"), (int, float)) and gpu["mfu"] > 0:
+        # The measured MFU carries over to the cluster's GPU (--peak-tflops); on the same GPU model this is
+        # exactly the measured samples/s, on another (an H100 bench for an A100 cluster) it is not.
+        per_sample = float(flops[stage.flops_key]) / (p.peak_tflops * 1e12 * float(gpu["mfu"]))
+        return per_sample, (f"MFU {gpu['mfu']:.3g} measured on {gpu.get('device', '?')} ({key}) × "
+                            f"{p.peak_tflops:g} TFLOP/s peak")
+    if gpu and key:
+        # Measured throughput without an MFU: rescaled by FLOPs when the stage differs from the measured preset.
+        per_gpu = float(gpu["samples_per_s"]) * float(flops[key]) / float(flops[stage.flops_key])
+        return 1.0 / per_gpu, f"samples/s measured on {gpu.get('device', '?')} ({key}), scaled by FLOPs"
+    per_sample = float(flops[stage.flops_key]) / (p.peak_tflops * 1e12 * p.mfu)
+    return per_sample, f"ESTIMATE: FLOPs / ({p.peak_tflops:g} TFLOP/s peak × {p.mfu:g} MFU)"
+
+
+def _corpus(p: PlanInputs, corpus: dict) -> dict:
+    scale = (p.resolution / float(corpus["resolution"])) ** 2  # PNG bytes and synthesis cost ∝ pixels
+    bytes_per_sample = float(corpus["bytes_per_sample"]) * scale
+    per_core = float(corpus["samples_per_s_per_core"]) / scale
+    sps = p.samples_per_shard
+    cores = p.nodes * p.cpus_per_node + p.cpu_nodes * p.cpus_per_cpu_node
+    core_hours = p.pairs / per_core / 3600.0
+    return {"pixel_scale": scale, "bytes_per_sample": bytes_per_sample, "samples_per_s_per_core": per_core,
+            "samples_per_shard": sps, "shards": math.ceil(p.pairs / sps), "shard_bytes": sps * bytes_per_sample,
+            "storage_bytes": p.pairs * bytes_per_sample, "cpu_core_hours": core_hours, "build_cores": cores,
+            "build_wall_hours": core_hours / cores, "build_samples_per_s": per_core * cores}
+
+
+def _s3_build(p: PlanInputs, c: dict) -> dict:
+    parts = math.ceil(c["shard_bytes"] / (p.part_mb * 2**20))
+    # One PUT when the shard fits one part; else multipart: create + parts + complete. Plus one commit record.
+    puts_per_shard = (1 if parts <= 1 else parts + 2) + 1
+    shards_per_s = c["build_samples_per_s"] / c["samples_per_shard"]
+    return {"parts_per_shard": parts, "puts_per_shard": puts_per_shard, "build_shards_per_s": shards_per_s,
+            "build_puts_per_s": shards_per_s * puts_per_shard}
+
+
+def make_plan(p: PlanInputs, bench_dir: str | Path) -> Plan:
+    """The whole plan; pure arithmetic on the two benchmark files and the flags."""
+    gpus = p.nodes * p.gpus_per_node
+    if gpus < 1:
+        raise PlanError("--nodes × --gpus-per-node must be at least 1 to price training")
+    if p.cpu_nodes < 0:
+        raise PlanError("--cpu-nodes must be ≥ 0")
+    corpus, train, paths = load_bench(bench_dir)
+    c = _corpus(p, corpus)
+    s3 = _s3_build(p, c)
+    stages, peak_gets = [], 0.0
+    for st in stages_for(p.steps):
+        sec, how = gpu_seconds_per_sample(st, train, p)
+        samples = st.steps * p.global_batch
+        gpu_hours = samples * sec / 3600.0
+        train_sps = gpus / sec  # whole-cluster samples/s
+        gets = train_sps / c["samples_per_shard"] * s3["parts_per_shard"]
+        peak_gets = max(peak_gets, gets)
+        stages.append({"name": st.name, "resolution": st.resolution, "steps": st.steps, "samples": samples,
+                       "epochs": samples / p.pairs, "flops_per_sample": float(train["flops_per_sample"][st.flops_key]),
+                       "gpu_s_per_sample": sec, "gpu_hours": gpu_hours, "wall_hours": gpu_hours / gpus,
+                       "cluster_samples_per_s": train_sps, "s3_gets_per_s": gets, "method": how, "note": st.note})
+    s3["train_gets_per_s_peak"] = peak_gets
+    notes = _notes(p, train, corpus)
+    sources = {"corpus_build": {"path": paths["corpus"], **{k: corpus.get(k) for k in CORPUS_KEYS}},
+               "train_step": {"path": paths["train"], "flops_per_sample": train["flops_per_sample"],
+                              "gpu": train.get("gpu")}}
+    inputs = {**asdict(p), "steps": list(p.steps), "gpus": gpus}
+    return Plan(inputs=inputs, sources=sources, corpus=c, s3=s3, stages=stages, notes=notes)
+
+
+def _notes(p: PlanInputs, train: dict, corpus: dict) -> list[str]:
+    notes = []
+    if train.get("gpu") is None:
+        notes.append(f"GPU time is an ESTIMATE: train_step.json has no GPU measurement (gpu: null — the benchmark "
+                     f"ran without a GPU), so it is FLOPs per sample / ({p.peak_tflops:g} TFLOP/s × MFU {p.mfu:g}). "
+                     "Change with --peak-tflops/--mfu, or run bench/train_step.py on one GPU node.")
+    if p.resolution != corpus["resolution"]:
+        notes.append(f"Corpus figures were measured at {corpus['resolution']}² and scaled by pixel count to "
+                     f"{p.resolution}² (×{(p.resolution / corpus['resolution']) ** 2:g}).")
+    if p.resolution < 1024:
+        notes.append("Stage 3 trains at 1024²: it needs a corpus built at ≥1024 (size it with --resolution 1024).")
+    notes.append("Build wall-clock assumes throughput scales linearly with cores and S3 keeps up "
+                 "(AWS: ~3,500 PUT/s and ~5,500 GET/s per prefix partition).")
+    return notes
