@@ -38,6 +38,11 @@ def load_rgb(path: str | Path) -> np.ndarray:
     arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise ValueError(f"{path}: not a readable image")
+    return bgr_to_rgb01(arr)
+
+
+def bgr_to_rgb01(arr: np.ndarray) -> np.ndarray:
+    """An OpenCV-decoded array (grey, BGR or BGRA; 8- or 16-bit) -> float32 RGB in [0, 1]."""
     if arr.ndim == 2:
         arr = cv2.cvtColor(arr, cv2.COLOR_GRAY2BGR)
     elif arr.shape[2] == 4:

@@ -28,6 +28,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from degradations.samples import bgr_to_rgb01
+
 SCHEMA_VERSION = 1
 INPUT, TARGET, TXT, JSON = "input.png", "target.png", "txt", "json"
 REF_INPUT, REF_TARGET = "ref_input.png", "ref_target.png"
@@ -82,12 +84,7 @@ def decode_png(data: bytes, member: str = "image") -> np.ndarray:
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise SchemaError(f"{member}: corrupt PNG")
-    if arr.ndim == 2:
-        arr = cv2.cvtColor(arr, cv2.COLOR_GRAY2BGR)
-    elif arr.shape[2] == 4:
-        arr = arr[..., :3]
-    peak = 65535.0 if arr.dtype == np.uint16 else 255.0
-    return np.ascontiguousarray(arr[..., ::-1], dtype=np.float32) / np.float32(peak)
+    return bgr_to_rgb01(arr)
 
 
 def quantize(img: np.ndarray, bits: int = 8) -> np.ndarray:
