@@ -1,0 +1,68 @@
+"""The DeepSpeed dict is generated from the validated config, in one place."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.configfile import ConfigError
+from training.config import load_train_config
+from training.deepspeed_config import deepspeed_config
+
+
+def cfg(**sections):
+    return load_train_config(sections)
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_zero_stage_and_batch_arithmetic(stage):
+    c = cfg(deepspeed={"zero_stage": stage}, data={"batch_size": 3}, optim={"grad_accum": 4}, run={"workers": 2})
+    ds = deepspeed_config(c)
+    assert ds["zero_optimization"]["stage"] == stage
+    assert ds["train_micro_batch_size_per_gpu"] == 3 and ds["gradient_accumulation_steps"] == 4
+    assert ds["train_batch_size"] == 3 * 4 * 2 == c.global_batch
+    assert ("stage3_gather_16bit_weights_on_model_save" in ds["zero_optimization"]) == (stage == 3)
+    assert deepspeed_config(c, world_size=8)["train_batch_size"] == 3 * 4 * 8
+
+
+def test_precision_clipping_optimizer_and_warmup():
+    c = cfg(deepspeed={"precision": "bf16"}, run={"use_gpu": True},
+            optim={"lr": 3e-4, "betas": [0.9, 0.95], "weight_decay": 0.01, "grad_clip": 0.5, "warmup_steps": 10})
+    ds = deepspeed_config(c)
+    assert ds["bf16"] == {"enabled": True} and ds["fp16"] == {"enabled": False}
+    assert ds["gradient_clipping"] == 0.5
+    assert ds["optimizer"]["params"]["lr"] == 3e-4 and ds["optimizer"]["params"]["betas"] == [0.9, 0.95]
+    assert ds["scheduler"]["params"]["warmup_num_steps"] == 10
+    assert "scheduler" not in deepspeed_config(cfg())
+
+
+def test_offload():
+    ds = deepspeed_config(cfg(deepspeed={"zero_stage": 3, "offload_optimizer": True, "offload_params": True}))
+    assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert ds["optimizer"]["params"]["torch_adam"] is False  # DeepSpeed's CPU Adam runs the offloaded step
+
+
+@pytest.mark.parametrize(("sections", "needle"), [
+    ({"deepspeed": {"zero_stage": 4}}, "deepspeed.zero_stage"),
+    ({"deepspeed": {"precision": "bf16"}}, "use_gpu"),
+    ({"deepspeed": {"zero_stage": 2, "offload_params": True}}, "zero_stage: 3"),
+    ({"optim": {"lr": -1}}, "optim.lr"),
+    ({"data": {"nonsense": 1}}, "data.nonsense"),
+])
+def test_bad_configs_name_the_field(sections, needle):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        cfg(**sections)
+
+
+def test_shipped_configs_validate():
+    from training.config import REPO_ROOT
+
+    paths = sorted((REPO_ROOT / "configs" / "train").glob("*.yaml"))
+    assert {p.stem for p in paths} >= {"stage1_512", "stage2_incontext", "stage3_1024", "tiny_stage1",
+                                        "tiny_stage2", "tiny_stage3"}
+    for p in paths:
+        c = load_train_config(p)
+        deepspeed_config(c)
+        if p.stem.startswith("stage"):
+            assert c.run.use_gpu and c.deepspeed.precision == "bf16" and c.model.preset == "2b"
+            assert c.data.corpus.startswith("s3://")

@@ -1,0 +1,36 @@
+"""The training ingest: whitelisted members only, counted skips, aligned crops, buckets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.ingest import SkipLedger, choose_bucket, crop_pair, read_corpus
+
+
+def test_pickle_and_corrupt_members_are_skipped_with_a_count_never_decoded(ray_local, hostile_corpus):
+    root, canary = hostile_corpus
+    ledger = SkipLedger.remote()
+    rows = read_corpus(str(root), [(16, 16)], ledger=ledger, read_cpus=0.25, max_tasks=1).take_all()
+    keys = sorted(r["key"] for r in rows)
+    assert keys == [f"k{i:04d}" for i in range(9) if i != 1]  # k0001 has the truncated input.png
+    assert rows[0]["input"].shape == (16, 16, 3) and rows[0]["input"].dtype == np.float32
+    assert not canary.exists(), "a pickle member was deserialised"
+    counts = ray_local.get(ledger.totals.remote())
+    assert counts == {"member:pyd": 1, "member:pickle": 1, "corrupt:input.png": 1}
+    assert not canary.exists()
+
+
+def test_crop_pair_uses_one_box_for_input_and_target():
+    rng = np.random.default_rng(0)
+    a = rng.random((40, 50, 3)).astype(np.float32)
+    ca, cb = crop_pair(a, a.copy(), (16, 24), np.random.default_rng(3))
+    assert ca.shape == (16, 24, 3) and np.array_equal(ca, cb)
+    small = rng.random((8, 8, 3)).astype(np.float32)  # smaller than the crop: resized up, not padded
+    ca, cb = crop_pair(small, small, (16, 16), None)
+    assert ca.shape == (16, 16, 3) and np.array_equal(ca, cb)
+
+
+@pytest.mark.parametrize(("h", "w", "want"), [(100, 100, 0), (100, 210, 1), (300, 140, 2)])
+def test_bucket_is_the_nearest_aspect_ratio(h, w, want):
+    assert choose_bucket(h, w, [(64, 64), (48, 96), (96, 48)]) == want

@@ -1,0 +1,176 @@
+"""The training config: one validated model per YAML file in ``configs/train/``.
+
+Every field has a one-line doc; ``omnilv train CONFIG --set optim.lr=3e-4`` overrides any of them.
+The DeepSpeed dict is derived from this in :mod:`training.deepspeed_config` (the one place).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipelines.configfile import load_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(_Section):
+    preset: str = "tiny"
+    """Size preset of ``OmniLV.from_preset`` (``tiny`` … ``2b``)."""
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    """Fields of ``OmniLVConfig`` that replace the preset's values (e.g. ``num_layers: 4``)."""
+    objective: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of ``FlowMatching`` (timestep sampling, instruction dropout, …)."""
+
+
+class DataSection(_Section):
+    corpus: str = ""
+    """Corpus root: a local folder or ``s3://`` prefix holding ``manifest.json`` and its shards."""
+    resolution: int = Field(128, ge=8)
+    """Side of the square training crop in pixels (used when ``buckets`` is empty)."""
+    buckets: list[tuple[int, int]] = Field(default_factory=list)
+    """Resolution buckets ``[height, width]``; each sample goes to the bucket nearest its aspect ratio."""
+    batch_size: int = Field(4, ge=1)
+    """Micro-batch size per worker (samples per forward pass)."""
+    random_crop: bool = True
+    """Random crop position per sample (seeded by key); False takes the centre crop."""
+    use_exemplars: bool = False
+    """Feed the sample's visual-prompt exemplar (``ref_input``/``ref_target``) to the model (stage 2)."""
+    read_cpus: float = Field(0.25, gt=0)
+    """CPUs reserved per Ray Data read/decode task (fractional, so the train workers are never starved)."""
+    max_read_tasks: int = Field(2, ge=1)
+    """Upper bound on concurrent read/decode tasks."""
+    materialize: bool = False
+    """Decode the whole corpus once into the object store (small corpora: every epoch then starts at once)."""
+
+    @property
+    def sizes(self) -> list[tuple[int, int]]:
+        return [tuple(b) for b in self.buckets] or [(self.resolution, self.resolution)]
+
+
+class OptimSection(_Section):
+    lr: float = Field(1e-4, gt=0)
+    """Peak learning rate of AdamW."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW decoupled weight decay."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up from 0 to ``lr`` over this many optimizer steps, then constant."""
+    grad_clip: float = Field(1.0, ge=0)
+    """Gradient-norm clipping (0 disables)."""
+    grad_accum: int = Field(1, ge=1)
+    """Micro-batches accumulated per optimizer step."""
+
+
+class DeepSpeedSection(_Section):
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    """ZeRO stage: 0 (DDP-like), 1 (optimizer states), 2 (+gradients), 3 (+parameters)."""
+    precision: Literal["bf16", "fp32"] = "fp32"
+    """Training precision; fp32 on CPU, bf16 on A100/H100."""
+    offload_optimizer: bool = False
+    """Keep optimizer states in CPU memory (ZeRO ≥1)."""
+    offload_params: bool = False
+    """Keep parameters in CPU memory (ZeRO-3 only)."""
+
+
+class ScheduleSection(_Section):
+    steps: int = Field(100, ge=1)
+    """Optimizer steps of this stage (the run ends exactly here, also after resumes)."""
+    checkpoint_every: int = Field(50, ge=1)
+    """Save a DeepSpeed checkpoint (through ``ray.train.report``) every this many steps, and at the end."""
+    eval_every: int = Field(0, ge=0)
+    """Report the loss on a fixed held batch every this many steps (0: never)."""
+    log_every: int = Field(10, ge=1)
+    """Console/TensorBoard logging period in steps."""
+
+
+class StageSection(_Section):
+    name: str = "stage1"
+    """Stage name (``stage1``, ``stage2``, ``stage3``); used for the run folder."""
+    init_from: str = ""
+    """Exported model folder (or a run folder holding ``export/``) to start from: weights only, step 0."""
+
+
+class RunSection(_Section):
+    name: str = ""
+    """Run folder name under ``storage_path`` (default: the stage name)."""
+    workers: int = Field(1, ge=1)
+    """Ray Train workers (one DeepSpeed rank each)."""
+    use_gpu: bool = False
+    """One GPU per worker."""
+    cpus_per_worker: float = Field(0.5, gt=0)
+    """CPUs reserved per worker; fractional on a small machine so Ray Data can still run."""
+    storage_path: str = "runs"
+    """Where checkpoints, TensorBoard logs and the export go (local folder or ``s3://`` prefix)."""
+    max_failures: int = Field(1, ge=0)
+    """Worker-group restarts from the last checkpoint before the run is declared failed."""
+    seed: int = 0
+    """Seed of model init, crops and timestep sampling."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Checkpoints kept on storage (the newest)."""
+    export: bool = True
+    """Export the final model (diffusers-style folder) at the end of the run."""
+    fail_at_step: int = Field(0, ge=0)
+    """Test-only: worker rank 1 kills itself once at this step (0: never); proves failure recovery."""
+
+
+class TrainConfig(_Section):
+    """One training stage."""
+
+    model: ModelSection = Field(default_factory=ModelSection)
+    """The network."""
+    text: str = "tiny"
+    """Text encoder spec for ``TextEncoder.from_spec`` (``tiny``, ``minilm`` or a local HF folder)."""
+    codec: str = "pixel"
+    """Image codec spec for ``ImageCodec.from_spec`` (``pixel`` or a local AutoencoderKL folder)."""
+    data: DataSection = Field(default_factory=DataSection)
+    """The corpus and how it is cut into batches."""
+    optim: OptimSection = Field(default_factory=OptimSection)
+    """Optimizer."""
+    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
+    """DeepSpeed ZeRO and precision."""
+    schedule: ScheduleSection = Field(default_factory=ScheduleSection)
+    """Steps, checkpoints, logging."""
+    stage: StageSection = Field(default_factory=StageSection)
+    """Which stage this is and what it starts from."""
+    run: RunSection = Field(default_factory=RunSection)
+    """Workers, storage, failures."""
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.deepspeed.offload_params and self.deepspeed.zero_stage != 3:
+            raise ValueError("deepspeed.offload_params needs deepspeed.zero_stage: 3")
+        if self.deepspeed.offload_optimizer and self.deepspeed.zero_stage == 0:
+            raise ValueError("deepspeed.offload_optimizer needs deepspeed.zero_stage ≥ 1")
+        if self.deepspeed.precision == "bf16" and not self.run.use_gpu:
+            raise ValueError("deepspeed.precision: bf16 needs run.use_gpu: true (use fp32 on CPU)")
+        return self
+
+    @property
+    def run_name(self) -> str:
+        return self.run.name or self.stage.name
+
+    @property
+    def global_batch(self) -> int:
+        return self.data.batch_size * self.optim.grad_accum * self.run.workers
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A config path as given, else relative to the repo root (so ``configs/…`` works from any folder)."""
+    p = Path(path)
+    if p.exists() or p.is_absolute():
+        return p
+    return REPO_ROOT / p
+
+
+def load_train_config(source: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Load and validate a training config; errors name the file and the field."""
+    src = source if isinstance(source, dict) else resolve_path(source)
+    return load_config(TrainConfig, src, overrides)

@@ -1,0 +1,92 @@
+"""Worker side of the data path: dataset-shard batches -> model inputs (latents + text features).
+
+Rows arrive from :mod:`pipelines.ingest` as float32 (H, W, 3) images in [0, 1]. With one resolution
+bucket they stack into fixed-shape batches inside ``iter_torch_batches``; with several, rows are
+regrouped here so that every batch has one shape (aspect-ratio bucketing).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+IMAGES = ("input", "target", "ref_input", "ref_target")
+
+
+def to_tensor(images: np.ndarray | list) -> torch.Tensor:
+    """(B, H, W, 3) [0, 1] -> (B, 3, H, W) [-1, 1], the codec's input range."""
+    arr = np.stack(list(images)) if isinstance(images, list) or images.dtype == object else images
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(0, 3, 1, 2) * 2.0 - 1.0
+
+
+def collate(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    """numpy batch -> images as tensors, strings as lists (``iter_torch_batches(collate_fn=...)``)."""
+    out: dict[str, Any] = {k: to_tensor(batch[k]) for k in IMAGES if k in batch}
+    out["ref_mask"] = torch.from_numpy(np.asarray(batch["ref_mask"], dtype=bool))
+    out["txt"] = [str(s) for s in batch["txt"]]
+    out["task"] = [str(s) for s in batch.get("task", [""] * len(out["txt"]))]
+    return out
+
+
+def iter_batches(shard: Any, batch_size: int, buckets: int, prefetch: int = 2) -> Iterator[dict[str, Any]]:
+    """Fixed-shape training batches from a Ray Data shard (one epoch)."""
+    if buckets <= 1:
+        yield from shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate, drop_last=True,
+                                            prefetch_batches=prefetch)
+        return
+    queues: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=prefetch):
+        for i in range(len(batch["txt"])):
+            row = {k: batch[k][i] for k in batch}
+            q = queues[int(row["bucket"])]
+            q.append(row)
+            if len(q) == batch_size:
+                yield collate({k: np.array([r[k] for r in q], dtype=object) if k in ("txt", "task")
+                               else np.stack([r[k] for r in q]) for k in q[0]})
+                q.clear()
+
+
+class Prepare:
+    """Encodes a pixel batch with the frozen codec and text encoder: the dict ``FlowMatching`` takes."""
+
+    def __init__(self, codec: Any, text: Any, device: torch.device, use_exemplars: bool) -> None:
+        self.codec, self.text, self.device, self.use_exemplars = codec, text, device, use_exemplars
+        self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        dev = self.device
+        out = {"x1": self.codec.encode(batch["target"].to(dev)), "cond": self.codec.encode(batch["input"].to(dev))}
+        out["text"], out["text_mask"] = self.encode_text(batch["txt"])
+        if self.use_exemplars:
+            out["ref_input"] = self.codec.encode(batch["ref_input"].to(dev))
+            out["ref_target"] = self.codec.encode(batch["ref_target"].to(dev))
+            out["ref_mask"] = batch["ref_mask"].to(dev)
+        return out
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Instructions repeat a lot (a few templates per task): encode each distinct one once."""
+        todo = sorted({t for t in texts if t not in self._text_cache})
+        if todo:
+            emb, mask = self.text.encode(todo)
+            for i, t in enumerate(todo):
+                n = int(mask[i].sum())
+                self._text_cache[t] = (emb[i, :n].to(self.device), mask[i, :n].to(self.device))
+            if len(self._text_cache) > 4096:  # bounded: a corpus with unique instructions must not leak memory
+                self._text_cache.clear()
+        rows = [self._text_cache.get(t) or self._encode_one(t) for t in texts]
+        L = max(r[0].shape[0] for r in rows)
+        emb = torch.zeros(len(rows), L, rows[0][0].shape[-1], device=self.device)  # (B, L, T)
+        mask = torch.zeros(len(rows), L, dtype=torch.bool, device=self.device)  # (B, L)
+        for i, (e, m) in enumerate(rows):
+            emb[i, : e.shape[0]], mask[i, : m.shape[0]] = e, m
+        return emb, mask
+
+    def _encode_one(self, t: str) -> tuple[torch.Tensor, torch.Tensor]:
+        emb, mask = self.text.encode([t])
+        n = int(mask[0].sum())
+        return emb[0, :n].to(self.device), mask[0, :n].to(self.device)

@@ -1,0 +1,298 @@
+"""``train_loop_per_worker``: one DeepSpeed engine per Ray Train worker (the shape of Ray's DeepSpeed example).
+
+dataset shard -> ``iter_torch_batches`` -> codec/text encode -> ``engine(batch)`` (FlowMatching loss)
+-> ``engine.backward`` -> ``engine.step``; every ``checkpoint_every`` steps each rank calls
+``engine.save_checkpoint`` into its own temp folder, writes a completion marker, and all ranks
+``ray.train.report(..., checkpoint=...)``. Ray merges the ranks' files into one checkpoint folder;
+a resume loads it only when every rank's marker is there (:mod:`training.checkpoints`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import torch
+
+from training.config import TrainConfig
+from training.data import Prepare, iter_batches
+from training.deepspeed_config import deepspeed_config
+
+STEP_FILE = "step.txt"
+MARKER = "COMPLETE.rank{rank}"
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point; ``loop_config`` = {"cfg": TrainConfig as JSON, "board": ProgressBoard | None}."""
+    import deepspeed
+
+    cfg = TrainConfig.model_validate(loop_config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(cfg.run.cpus_per_worker)))
+    device = torch.device("cuda", torch.cuda.current_device()) if cfg.run.use_gpu else torch.device("cpu")
+    # Ray Train already created the process group (TorchConfig backend); DeepSpeed reuses it.
+    deepspeed.init_distributed(dist_backend="nccl" if cfg.run.use_gpu else "gloo")
+    flow, codec, text = build_flow(cfg, device)
+    checksum = float(sum(p.detach().double().abs().sum() for p in flow.net.parameters()))
+    params = [p for p in flow.parameters() if p.requires_grad]
+    engine, *_ = deepspeed.initialize(model=flow, model_parameters=params, config=deepspeed_config(cfg, world))
+    step = _resume(engine, world)
+    run = _Run(cfg, engine, Prepare(codec.to(device), text.to(device), device, cfg.data.use_exemplars), rank,
+               board=loop_config.get("board") if rank == 0 else None, writer=_writer(cfg) if rank == 0 else None)
+    run.constant.update(resumed_from=step, init_checksum=checksum, world_size=world)
+    run.train(step)
+    export_final(cfg, engine, rank)
+    if run.writer is not None:
+        run.writer.close()
+
+
+class _Run:
+    """The step loop's state: timing, running loss, the fixed evaluation batch."""
+
+    def __init__(self, cfg: TrainConfig, engine: Any, prep: Prepare, rank: int, board: Any, writer: Any) -> None:
+        self.cfg, self.engine, self.prep, self.rank, self.board, self.writer = cfg, engine, prep, rank, board, writer
+        self.constant: dict[str, Any] = {}
+        self.extra: dict[str, Any] = {}
+        self.fixed: dict[str, torch.Tensor] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.wait = self.busy = 0.0
+        self.losses: list[float] = []
+        self.samples = self.exemplars = 0
+        self.t_mark = time.perf_counter()
+
+    def train(self, step: int) -> int:
+        cfg, shard = self.cfg, ray.train.get_dataset_shard("train")
+        micro = 0
+        while step < cfg.schedule.steps:
+            it, got = iter(iter_batches(shard, cfg.data.batch_size, len(cfg.data.sizes))), False
+            while step < cfg.schedule.steps:
+                t0 = time.perf_counter()
+                batch = next(it, None)
+                if batch is None:
+                    break
+                got, micro = True, micro + 1
+                self.wait += time.perf_counter() - t0
+                self._micro_step(batch)
+                if micro % cfg.optim.grad_accum:
+                    continue
+                step += 1
+                maybe_fail(cfg, self.rank, step)
+                self._after_step(step)
+            if not got:
+                raise RuntimeError(f"{cfg.data.corpus}: this worker's dataset shard has no full batch of "
+                                   f"{cfg.data.batch_size}; the corpus is too small for {cfg.run.workers} worker(s)")
+        return step
+
+    def _micro_step(self, batch: dict[str, Any]) -> None:
+        t1 = time.perf_counter()
+        inputs = self.prep(batch)
+        if self.fixed is None and self.cfg.schedule.eval_every:
+            self.fixed = inputs
+            self.extra["eval_loss_start"] = self.evaluate()
+        loss = self.engine(inputs)
+        self.engine.backward(loss)
+        self.engine.step()
+        self.busy += time.perf_counter() - t1
+        self.losses.append(float(loss.detach()))
+        self.samples += len(batch["txt"])
+        self.exemplars += int(batch["ref_mask"].sum()) if self.cfg.data.use_exemplars else 0
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Loss on the first batch this worker saw, with fixed noise and times: comparable across steps."""
+        self.engine.eval()
+        gen = torch.Generator(device=self.prep.device).manual_seed(1234)
+        loss = float(self.engine(self.fixed, generator=gen))
+        self.engine.train()
+        return loss
+
+    def _after_step(self, step: int) -> None:
+        sched = self.cfg.schedule
+        if sched.eval_every and step % sched.eval_every == 0:
+            self.extra["eval_loss"] = self.evaluate()
+        if step % sched.log_every and step % sched.checkpoint_every and step != sched.steps:
+            return
+        dt = time.perf_counter() - self.t_mark
+        metrics = {"step": step, "loss": sum(self.losses) / len(self.losses), "samples_per_s": self.samples / dt,
+                   "data_wait_fraction": self.wait / max(self.wait + self.busy, 1e-9),
+                   "exemplar_fraction": self.exemplars / max(self.samples, 1), **self.constant, **self.extra}
+        _report(self.cfg, self.engine, step, self.rank, metrics, self.board, self.writer)
+        self._reset()
+
+
+def _report(cfg: TrainConfig, engine: Any, step: int, rank: int, metrics: dict[str, Any], board: Any,
+            writer: Any) -> None:
+    """Log on rank 0; every rank reports to Ray Train, with its checkpoint files on checkpoint steps."""
+    if writer is not None:
+        for k in ("loss", "samples_per_s", "data_wait_fraction", "eval_loss"):
+            if k in metrics:
+                writer.add_scalar(f"train/{k}", metrics[k], step)
+        writer.add_scalar("train/lr", engine.get_lr()[0], step)
+    if board is not None:
+        board.update.remote(metrics)
+    if rank == 0 and not os.environ.get("OMNILV_QUIET"):
+        print(f"[{cfg.run_name}] step {step}/{cfg.schedule.steps} loss {metrics['loss']:.4f} "
+              f"samples/s {metrics['samples_per_s']:.1f} data-wait {metrics['data_wait_fraction']:.1%}", flush=True)
+    if step % cfg.schedule.checkpoint_every and step != cfg.schedule.steps:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="omnilv-ckpt-") as tmp:
+        engine.save_checkpoint(tmp, tag="ds", client_state={"step": step})
+        if rank == 0:
+            (Path(tmp) / STEP_FILE).write_text(str(step))
+        mark_complete(tmp, rank, engine.world_size, step)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _resume(engine: Any, world: int) -> int:
+    """Load the newest complete checkpoint on every rank; the step to continue from (0 if none)."""
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return 0
+    with ckpt.as_directory() as d:
+        folder = resolve_resume(d, world)
+        if folder is None:
+            return 0
+        _, client = engine.load_checkpoint(str(folder), tag="ds", load_module_strict=True)
+    return int((client or {}).get("step", 0))
+
+
+def _writer(cfg: TrainConfig) -> Any:
+    """TensorBoard writer under the run folder (local storage) or a local ``tensorboard/`` folder."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    root = cfg.run.storage_path
+    base = Path(root) if "://" not in root else Path("tensorboard")
+    return SummaryWriter(log_dir=str(base.resolve() / cfg.run_name / "tensorboard"))
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+def mark_complete(folder: str | Path, rank: int, world: int, step: int) -> None:
+    """Written after ``save_checkpoint`` returned: a folder without every rank's marker is partial."""
+    (Path(folder) / MARKER.format(rank=rank)).write_text(json.dumps({"step": step, "world": world}))
+
+
+def is_complete(folder: str | Path, world: int | None = None) -> bool:
+    """Every rank's marker present (and the same world size, when given) and DeepSpeed's files there."""
+    folder = Path(folder)
+    first = folder / MARKER.format(rank=0)
+    if not first.is_file() or not (folder / "ds").is_dir():
+        return False
+    saved = json.loads(first.read_text())["world"]
+    if world is not None and saved != world:
+        return False
+    return all((folder / MARKER.format(rank=r)).is_file() for r in range(saved))
+
+
+def resolve_resume(folder: str | Path, world: int) -> Path | None:
+    """``folder`` if complete, else the newest complete sibling checkpoint (a partial one is never loaded)."""
+    folder = Path(folder)
+    if is_complete(folder, world):
+        return folder
+    siblings = sorted((p for p in folder.parent.glob("checkpoint_*") if p != folder),
+                      key=lambda p: p.stat().st_mtime, reverse=True)
+    for p in siblings:
+        if is_complete(p, world):
+            print(f"checkpoint {folder} is incomplete; resuming from {p}", flush=True)
+            return p
+    print(f"checkpoint {folder} is incomplete and no complete one exists; starting from step 0", flush=True)
+    return None
+
+
+# -- model, failure knob, export -------------------------------------------------------------------
+def build_flow(cfg: TrainConfig, device: torch.device) -> tuple[Any, Any, Any]:
+    """(FlowMatching, codec, text encoder); the net's text/latent widths follow the encoders."""
+    from training.encoders import ImageCodec, TextEncoder
+    from training.flow import FlowMatching
+    from training.models.omnilv import OmniLV
+
+    text, codec = TextEncoder.from_spec(cfg.text), ImageCodec.from_spec(cfg.codec)
+    fields = {"cross_attention_dim": text.dim, "in_channels": codec.channels, **cfg.model.overrides}
+    torch.manual_seed(cfg.run.seed)  # identical init on every rank (DeepSpeed also broadcasts rank 0's)
+    net = OmniLV.from_preset(cfg.model.preset, **fields)
+    if cfg.stage.init_from:
+        _init_weights(net, cfg.stage.init_from)
+    return FlowMatching(net, **cfg.model.objective).to(device), codec, text
+
+
+def _init_weights(net: Any, path: str) -> None:
+    """Weights only (no optimizer state, step 0) from an exported model folder or a run folder."""
+    from training.export import load_network
+
+    folder = Path(path)
+    if (folder / "export").is_dir():
+        folder = folder / "export"
+    state = load_network(folder).state_dict()
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if not k.startswith("prompt.")]:
+        raise ValueError(f"stage.init_from {path}: weights do not fit this model "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]}); same preset/overrides?")
+
+
+def maybe_fail(cfg: TrainConfig, rank: int, step: int) -> None:
+    """Test-only failure injection: rank 1 (or 0 alone) exits hard once at ``run.fail_at_step``."""
+    if not cfg.run.fail_at_step or step != cfg.run.fail_at_step or rank != min(1, cfg.run.workers - 1):
+        return
+    marker = Path(cfg.run.storage_path) / cfg.run_name / "injected-failure"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(str(step))
+    _await_committed(marker.parent, step - step % cfg.schedule.checkpoint_every)
+    os._exit(17)
+
+
+def _await_committed(run_dir: Path, ckpt_step: int, timeout: float = 60.0) -> None:
+    """Ray Train commits a reported checkpoint asynchronously; die only once it is committed, so the test
+    proves resume-from-checkpoint rather than racing the controller (a real crash may lose the newest one)."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    deadline = time.monotonic() + timeout
+    while ckpt_step and time.monotonic() < deadline:
+        try:
+            done = [r["metrics"].get("step", 0) for r in json.loads(snapshot.read_text())["checkpoint_results"]]
+            if max(done, default=0) >= ckpt_step:
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.2)
+
+
+def export_final(cfg: TrainConfig, engine: Any, rank: int) -> None:
+    """Rank 0 exports the trained net; under ZeRO-3 every rank first gathers the partitioned parameters."""
+    if not cfg.run.export:
+        return
+    import deepspeed
+    import torch.distributed as dist
+
+    from training.export import export_model
+
+    out = export_dir(cfg)
+    params = list(engine.module.parameters())
+    gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if cfg.deepspeed.zero_stage == 3 \
+        else _Null()
+    with gather:
+        if rank == 0:
+            export_model(engine.module, cfg.text, cfg.codec, out, extra={"stage": cfg.stage.name})
+    dist.barrier()
+
+
+def export_dir(cfg: TrainConfig) -> str:
+    root = cfg.run.storage_path
+    base = root.rstrip("/") if "://" in root else str(Path(root).resolve())
+    return f"{base}/{cfg.run_name}/export"
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

@@ -1,0 +1,132 @@
+"""``omnilv train``: a Ray Train ``TorchTrainer`` over the corpus, one DeepSpeed engine per worker.
+
+The driver reads the manifest-listed shards with Ray Data (:func:`pipelines.ingest.read_corpus`),
+hands them to Ray Train (``DataConfig`` streaming-splits them across workers), and shows a rich
+progress bar fed by a tiny :class:`ProgressBoard` actor that rank 0 updates.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from training.config import TrainConfig
+from training.loop import export_dir, train_loop_per_worker
+
+
+@ray.remote(num_cpus=0)
+class ProgressBoard:
+    """The latest metrics rank 0 reported; the driver polls it for the progress bar."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, Any] = {}
+
+    def update(self, metrics: dict[str, Any]) -> None:
+        self.metrics = dict(metrics)
+
+    def get(self) -> dict[str, Any]:
+        return self.metrics
+
+
+@dataclass
+class TrainResult:
+    """What a finished run leaves behind."""
+
+    metrics: dict[str, Any]
+    checkpoint: str | None
+    export: str | None
+    skipped: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def ensure_ray(address: str | None = None) -> None:
+    """Join ``address`` / ``$RAY_ADDRESS``, else start a private local instance — never a bare ``ray.init()``."""
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True,
+                 include_dashboard=False, configure_logging=False)
+
+
+def storage_uri(path: str) -> str:
+    """Ray Train wants an absolute path or a URI."""
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def make_trainer(cfg: TrainConfig, board: Any = None, ledger: Any = None):
+    """The configured ``TorchTrainer`` (not started)."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from pipelines.ingest import read_corpus
+
+    if not cfg.data.corpus:
+        raise ValueError("data.corpus is empty: point it at a corpus folder or s3:// prefix (--set data.corpus=…)")
+    d = cfg.data
+    # Our own progress bar reports training; Ray Data's per-operator bars would interleave with it.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    ds = read_corpus(d.corpus, d.sizes, random_crop=d.random_crop, use_exemplars=d.use_exemplars,
+                     seed=cfg.run.seed, read_cpus=d.read_cpus, max_tasks=d.max_read_tasks, ledger=ledger)
+    if d.materialize:
+        ds = ds.materialize()
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "board": board},
+        scaling_config=ScalingConfig(num_workers=cfg.run.workers, use_gpu=cfg.run.use_gpu,
+                                     resources_per_worker={"CPU": cfg.run.cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
+        run_config=RunConfig(name=cfg.run_name, storage_path=storage_uri(cfg.run.storage_path),
+                             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints)),
+        datasets={"train": ds},
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+
+
+def train(cfg: TrainConfig, *, address: str | None = None, progress: bool = True) -> TrainResult:
+    """Run one stage to ``schedule.steps`` (resuming from the run's latest checkpoint); returns its result."""
+    from pipelines.ingest import SkipLedger
+
+    ensure_ray(address)
+    board, ledger = ProgressBoard.remote(), SkipLedger.remote()
+    trainer = make_trainer(cfg, board, ledger)
+    t0 = time.perf_counter()
+    result = _fit_with_progress(trainer, board, cfg.schedule.steps) if progress else trainer.fit()
+    if result.error is not None:
+        raise result.error
+    ckpt = result.checkpoint.path if result.checkpoint is not None else None
+    export = export_dir(cfg) if cfg.run.export else None
+    return TrainResult(dict(result.metrics or {}), ckpt, export, ray.get(ledger.totals.remote()),
+                       time.perf_counter() - t0)
+
+
+def _fit_with_progress(trainer: Any, board: Any, total: int) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeElapsedColumn())
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task("train", total=total, info="starting workers…")
+        while thread.is_alive():
+            thread.join(timeout=1.0)
+            m = ray.get(board.get.remote())
+            if m:
+                bar.update(task, completed=m["step"],
+                           info=f"loss {m['loss']:.4f}  {m['samples_per_s']:.1f} samples/s")
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
