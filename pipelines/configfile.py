@@ -22,19 +22,29 @@ class ConfigError(ValueError):
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...], where: str) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` strings (value parsed as YAML) to a nested dict, in order."""
+    """Apply ``a.b.c=value`` strings (value parsed as YAML) to nested dicts/lists, in order.
+
+    A numeric part indexes a list: ``sources.0.uri=s3://bucket/photos/`` sets the first source's uri.
+    """
     for item in overrides:
         path, sep, raw = item.partition("=")
         if not sep or not path.strip():
             raise ConfigError(f"{where}: override {item!r} must look like field.path=value")
-        node = data
         keys = path.strip().split(".")
-        for k in keys[:-1]:
-            child = node.setdefault(k, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"{where}: override {item!r}: {k!r} is not a section")
-            node = child
-        node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        node: Any = data
+        for depth, k in enumerate(keys):
+            last = depth == len(keys) - 1
+            if isinstance(node, list):
+                if not k.isdigit() or int(k) >= len(node):
+                    raise ConfigError(f"{where}: override {item!r}: {'.'.join(keys[:depth]) or '<top>'} "
+                                      f"is a list of {len(node)}; use an index from 0 to {len(node) - 1}")
+                k = int(k)  # type: ignore[assignment]
+            elif not isinstance(node, dict):
+                raise ConfigError(f"{where}: override {item!r}: {'.'.join(keys[:depth])!r} is not a section")
+            if last:
+                node[k] = yaml.safe_load(raw) if raw.strip() else ""
+            else:
+                node = node.setdefault(k, {}) if isinstance(node, dict) else node[k]
     return data
 
 
