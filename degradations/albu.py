@@ -22,7 +22,8 @@ from degradations.blur import uniform
 def run_albu(transform: Any, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Apply a built albumentations transform (``p=1``) with randomness drawn from ``rng``."""
     transform.set_random_seed(int(rng.integers(0, 2**32 - 1)))
-    return kernels.clip01(np.array(transform(image=img)["image"], dtype=np.float32))
+    # The output is a fresh array, so clip it in place rather than copying it first.
+    return kernels.clip01(np.asarray(transform(image=img)["image"], dtype=np.float32))
 
 
 @dataclass(frozen=True, kw_only=True)
