@@ -96,18 +96,35 @@ def test_s3_build_through_faults_equals_local(reference, s3_server, ray_local, t
     root = "s3://corpus-faults/quickstart"
     cfg = small_config(root, f"s3.endpoint_url=http://127.0.0.1:{proxy.port}")
 
-    def schedule() -> None:  # 503s for a while, then the endpoint disappears, then it comes back
-        time.sleep(0.3)
+    done = threading.Event()
+
+    def wait_for(condition, seconds: float = 60.0) -> None:
+        deadline = time.time() + seconds
+        while not condition() and not done.is_set() and time.time() < deadline:
+            time.sleep(0.02)
+
+    def first_commit() -> bool:  # asked of moto directly, not through the proxy
+        direct = fsspec.filesystem("s3", **s3_options(), skip_instance_cache=True)
+        return bool(direct.exists(f"{root}/_commits") and direct.ls(f"{root}/_commits", refresh=True))
+
+    def schedule() -> None:
+        # Driven by the build's progress and by counted faults, not by the clock, so the faults land mid-build
+        # however fast this machine is: once a shard is committed, answer 503 until three requests got one,
+        # then reset connections ("the server went away") until three did, then come back.
+        wait_for(first_commit)
         proxy.set_mode("503")
-        time.sleep(1.5)
+        wait_for(lambda: proxy.faults["503"] >= 3)
         proxy.set_mode("down")
-        time.sleep(1.5)
+        wait_for(lambda: proxy.faults["down"] >= 3)
         proxy.set_mode("pass")
 
     chaos = threading.Thread(target=schedule)
     chaos.start()
-    result = build_corpus(cfg, progress=False, workers=2)
-    chaos.join()
+    try:
+        result = build_corpus(cfg, progress=False, workers=2)
+    finally:
+        done.set()
+        chaos.join()
     assert proxy.faults["503"] > 0 and proxy.faults["down"] > 0, proxy.faults
     assert result.manifest.samples == 38
 
