@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 import ray
 
-from pipelines.read import shard_urls
-from pipelines.schema import INPUT, JSON, MEMBERS, REF_INPUT, REF_TARGET, TARGET, TXT, Sample, SchemaError
+from pipelines.read import shard_urls, skip_reason
+from pipelines.schema import INPUT, JSON, REF_INPUT, REF_TARGET, TARGET, TXT, Sample, SchemaError
 
 #: Row columns: the whitelisted members under plain names (no dots), raw bytes until DecodeCrop.
 COLUMNS = {INPUT: "input", TARGET: "target", TXT: "txt", JSON: "json", REF_INPUT: "ref_input",
@@ -109,7 +109,7 @@ class DecodeCrop:
             try:
                 rows.append(self._one({c: batch[c][i] for c in batch}))
             except SchemaError as exc:
-                counts[f"corrupt:{_reason(exc)}"] += 1
+                counts[f"corrupt:{skip_reason(exc)}"] += 1
         if self.ledger is not None and counts:
             self.ledger.add.remote(dict(counts))
         return _stack(rows)
@@ -154,14 +154,6 @@ def _ragged(vals: list[np.ndarray]) -> np.ndarray:
     arr = np.empty(len(vals), dtype=object)
     arr[:] = [np.ascontiguousarray(v, dtype=np.float32) for v in vals]
     return arr
-
-
-def _reason(exc: SchemaError) -> str:
-    text = str(exc)
-    for m in MEMBERS:
-        if f".{m}" in text or f"'{m}'" in text:
-            return m
-    return "sample"
 
 
 def _filesystem(url: str):

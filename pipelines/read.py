@@ -103,13 +103,14 @@ def iter_samples(root: str, stats: ReadStats | None = None, storage_options: dic
             try:
                 sample = Sample.from_members(members)
             except SchemaError as exc:
-                stats.skipped[f"corrupt:{_reason(exc)}"] += 1
+                stats.skipped[f"corrupt:{skip_reason(exc)}"] += 1
                 continue
             stats.samples += 1
             yield sample
 
 
-def _reason(exc: SchemaError) -> str:
+def skip_reason(exc: SchemaError) -> str:
+    """The member a decode error is about (for skip counts), or ``sample`` when it names none."""
     text = str(exc)
     for m in MEMBERS:
         if f".{m}" in text or f"'{m}'" in text:
