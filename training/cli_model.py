@@ -9,7 +9,8 @@ from pathlib import Path
 
 import typer
 
-CHECKPOINT_HELP = "An exported model folder (omnilv.json + backbone/ + our modules), as written by export_model."
+CHECKPOINT_HELP = ("An exported model folder or s3:// prefix (omnilv.json + backbone/ + our modules), e.g. "
+                   "runs/tiny_stage1/export.")
 
 
 def _fail(msg: str) -> None:
@@ -20,7 +21,7 @@ def _fail(msg: str) -> None:
 def restore(
     input_path: Path = typer.Argument(..., metavar="IN", help="Image to restore (PNG/JPEG/…, any size)."),
     output_path: Path = typer.Argument(..., metavar="OUT", help="Where to write the result (same size as IN)."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help=CHECKPOINT_HELP),
+    checkpoint: str = typer.Option(..., "--checkpoint", help=CHECKPOINT_HELP),
     instruction: str = typer.Option(..., "--instruction", help="What to do, e.g. 'Remove the noise.'"),
     ref_input: Path | None = typer.Option(None, "--ref-input", help="Visual prompt: an exemplar input image."),
     ref_target: Path | None = typer.Option(None, "--ref-target", help="Visual prompt: that exemplar's target."),
@@ -46,7 +47,7 @@ def restore(
         restorer = Restorer.from_export(checkpoint)
         out = restorer.restore(img, instruction, *refs, steps=steps, guidance=guidance, method=method, seed=seed)
         save_image(out, output_path)
-    except (ImageFileError, ExportError) as exc:
+    except (ImageFileError, ExportError, OSError) as exc:  # OSError: an unreadable or missing s3:// export
         _fail(str(exc))
     except ValueError as exc:  # bad specs in omnilv.json, mismatched sizes: say so, no traceback
         _fail(f"{checkpoint}: {exc}")
@@ -55,7 +56,7 @@ def restore(
 
 def evaluate(
     corpus: str = typer.Argument(..., metavar="CORPUS", help="Corpus folder or s3:// prefix (with manifest.json)."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help=CHECKPOINT_HELP),
+    checkpoint: str = typer.Option(..., "--checkpoint", help=CHECKPOINT_HELP),
     out: Path = typer.Option(Path("omnilv-eval"), "--out", help="Report folder: results.json, index.html, sheet.png."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate at most this many samples."),
     steps: int | None = typer.Option(None, "--steps", min=1, help="ODE steps (default: the export's)."),
@@ -78,7 +79,7 @@ def evaluate(
             task = bar.add_task("restoring", total=limit)
             results = run_eval(checkpoint, corpus, out, limit=limit, steps=steps, guidance=guidance, seed=seed,
                                progress=lambda n: bar.advance(task, n))
-    except (ExportError, SchemaError) as exc:
+    except (ExportError, SchemaError, OSError) as exc:
         _fail(str(exc))
     _print_table(results)
     typer.echo(f"report: {out / 'index.html'}")

@@ -67,6 +67,9 @@ class OptimSection(_Section):
     """Gradient-norm clipping (0 disables)."""
     grad_accum: int = Field(1, ge=1)
     """Micro-batches accumulated per optimizer step."""
+    ema_decay: float = Field(0.0, ge=0, lt=1)
+    """EMA of the trainable weights (e.g. 0.999), sharded over ranks and checkpointed; the export holds the
+    averaged weights. 0 disables."""
 
 
 class DeepSpeedSection(_Section):

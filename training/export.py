@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from training.encoders import ImageCodec, TextEncoder
 from training.flow import FlowMatching
 from training.models.omnilv import OmniLV, OmniLVConfig
+from training.runstore import local_copy
 
 FORMAT_VERSION = 1
 META, CONFIG, MODULES, BACKBONE = "omnilv.json", "omnilv_config.json", "omnilv_modules.safetensors", "backbone"
@@ -71,10 +72,15 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
 
 
 def load_network(folder: str | Path) -> OmniLV:
-    """The OmniLV network of an exported folder (backbone via ``from_pretrained``, ours via safetensors)."""
+    """The OmniLV network of an exported folder, local or ``s3://`` (downloaded first)."""
+    with local_copy(folder) as local:
+        return _load_network(local)
+
+
+def _load_network(folder: Path) -> OmniLV:
+    """Backbone via ``from_pretrained``, ours via safetensors (no pickle anywhere)."""
     from diffusers import LuminaNextDiT2DModel
 
-    folder = Path(folder)
     for name in (CONFIG, MODULES, f"{BACKBONE}/config.json"):
         if not (folder / name).is_file():
             raise ExportError(f"{folder}: missing {name}; the export is incomplete")
@@ -96,10 +102,12 @@ def load_network(folder: str | Path) -> OmniLV:
 
 def load_exported(folder: str | Path, device: str | torch.device = "cpu"
                   ) -> tuple[FlowMatching, TextEncoder, ImageCodec, dict[str, Any]]:
-    """(flow, text encoder, codec, meta) of an exported folder, ready for :meth:`FlowMatching.sample`."""
-    meta = read_meta(folder)
+    """(flow, text encoder, codec, meta) of an exported folder (local or ``s3://``), ready for sampling."""
+    with local_copy(folder) as local:
+        meta = read_meta(local)
+        net = _load_network(local)
     flow_kw = {k: v for k, v in meta.get("flow", {}).items() if k in ("timestep_sampling", "text_dropout")}
-    flow = FlowMatching(load_network(folder), **flow_kw).eval().to(device)
+    flow = FlowMatching(net, **flow_kw).eval().to(device)
     text = TextEncoder.from_spec(meta["text_encoder"]).to(device)
     codec = ImageCodec.from_spec(meta["codec"]).to(device)
     if text.dim != flow.net.config.cross_attention_dim:

@@ -18,6 +18,7 @@ caller's job, as is calling :meth:`EMA.update` after each optimizer step.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import torch
@@ -126,11 +127,12 @@ class EMA:
     gather them first (``deepspeed.zero.GatheredParameters``) or keep the EMA on rank 0 only.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True) -> None:
+    def __init__(self, model: nn.Module | Mapping[str, torch.Tensor], decay: float = 0.999,
+                 warmup: bool = True) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay, self.warmup, self.num_updates = decay, warmup, 0
-        self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+        self.shadow = {n: p.detach().float().clone() for n, p in _tensors(model).items()}
 
     def current_decay(self) -> float:
         """With warmup, early averages forget the random init faster: min(decay, (1+n)/(10+n))."""
@@ -138,9 +140,10 @@ class EMA:
         return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module | Mapping[str, torch.Tensor]) -> None:
+        """Average in the current values (a module, or name -> tensor as given to the constructor)."""
         d = self.current_decay()
-        for n, p in model.named_parameters():
+        for n, p in _tensors(model).items():
             if n in self.shadow:
                 self.shadow[n].lerp_(p.detach().float(), 1.0 - d)
         self.num_updates += 1
@@ -163,3 +166,10 @@ class EMA:
         self.decay, self.warmup = float(state["decay"]), bool(state["warmup"])
         self.num_updates = int(state["num_updates"])
         self.shadow = {n: state["shadow"][n].float().clone() for n in self.shadow}
+
+
+def _tensors(model: nn.Module | Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    """The trainable parameters of a module by name, or a name -> tensor mapping as it is."""
+    if isinstance(model, nn.Module):
+        return {n: p for n, p in model.named_parameters() if p.requires_grad}
+    return model

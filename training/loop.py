@@ -19,9 +19,11 @@ from typing import Any
 import ray.train
 import torch
 
+from training.averaging import RankEMA, describe, load_into
 from training.config import TrainConfig
 from training.data import Prepare, iter_batches
 from training.deepspeed_config import deepspeed_config
+from training.runstore import exists, is_remote, join, upload_dir
 
 STEP_FILE = "step.txt"
 MARKER = "COMPLETE.rank{rank}"
@@ -32,6 +34,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import deepspeed
 
     cfg = TrainConfig.model_validate(loop_config["cfg"])
+    for k, v in loop_config.get("env", {}).items():
+        os.environ.setdefault(k, v)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(cfg.run.cpus_per_worker)))
@@ -42,12 +46,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     checksum = float(sum(p.detach().double().abs().sum() for p in flow.net.parameters()))
     params = [p for p in flow.parameters() if p.requires_grad]
     engine, *_ = deepspeed.initialize(model=flow, model_parameters=params, config=deepspeed_config(cfg, world))
-    step = _resume(engine, world)
+    new_ema = (lambda: RankEMA(engine.module, cfg.optim.ema_decay, rank=rank, world=world,
+                               zero3=cfg.deepspeed.zero_stage == 3)) if cfg.optim.ema_decay else None
+    step, ema = _resume(engine, world, new_ema)
     run = _Run(cfg, engine, Prepare(codec.to(device), text.to(device), device, cfg.data.use_exemplars), rank,
-               board=loop_config.get("board") if rank == 0 else None, writer=_writer(cfg) if rank == 0 else None)
+               board=loop_config.get("board") if rank == 0 else None, writer=_Board(cfg) if rank == 0 else None)
+    run.ema = ema
     run.constant.update(resumed_from=step, init_checksum=checksum, world_size=world)
     run.train(step)
-    export_final(cfg, engine, rank)
+    export_final(cfg, engine, rank, ema)
     if run.writer is not None:
         run.writer.close()
 
@@ -60,6 +67,7 @@ class _Run:
         self.constant: dict[str, Any] = {}
         self.extra: dict[str, Any] = {}
         self.fixed: dict[str, torch.Tensor] | None = None
+        self.ema: RankEMA | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -84,6 +92,8 @@ class _Run:
                 if micro % cfg.optim.grad_accum:
                     continue
                 step += 1
+                if self.ema is not None:
+                    self.ema.update()
                 maybe_fail(cfg, self.rank, step)
                 self._after_step(step)
             if not got:
@@ -124,12 +134,12 @@ class _Run:
         metrics = {"step": step, "loss": sum(self.losses) / len(self.losses), "samples_per_s": self.samples / dt,
                    "data_wait_fraction": self.wait / max(self.wait + self.busy, 1e-9),
                    "exemplar_fraction": self.exemplars / max(self.samples, 1), **self.constant, **self.extra}
-        _report(self.cfg, self.engine, step, self.rank, metrics, self.board, self.writer)
+        _report(self.cfg, self.engine, step, self.rank, metrics, self.board, self.writer, self.ema)
         self._reset()
 
 
 def _report(cfg: TrainConfig, engine: Any, step: int, rank: int, metrics: dict[str, Any], board: Any,
-            writer: Any) -> None:
+            writer: Any, ema: RankEMA | None = None) -> None:
     """Log on rank 0; every rank reports to Ray Train, with its checkpoint files on checkpoint steps."""
     if writer is not None:
         for k in ("loss", "samples_per_s", "data_wait_fraction", "eval_loss"):
@@ -144,34 +154,58 @@ def _report(cfg: TrainConfig, engine: Any, step: int, rank: int, metrics: dict[s
     if step % cfg.schedule.checkpoint_every and step != cfg.schedule.steps:
         ray.train.report(metrics)
         return
+    if writer is not None:
+        writer.sync()
     with tempfile.TemporaryDirectory(prefix="omnilv-ckpt-") as tmp:
         engine.save_checkpoint(tmp, tag="ds", client_state={"step": step})
+        if ema is not None:
+            ema.save(tmp)
         if rank == 0:
             (Path(tmp) / STEP_FILE).write_text(str(step))
         mark_complete(tmp, rank, engine.world_size, step)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def _resume(engine: Any, world: int) -> int:
-    """Load the newest complete checkpoint on every rank; the step to continue from (0 if none)."""
+def _resume(engine: Any, world: int, new_ema: Any) -> tuple[int, RankEMA | None]:
+    """Load the newest complete checkpoint on every rank: (step to continue from, EMA or None)."""
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
-        return 0
+        return 0, new_ema() if new_ema else None
     with ckpt.as_directory() as d:
         folder = resolve_resume(d, world)
         if folder is None:
-            return 0
+            return 0, new_ema() if new_ema else None
         _, client = engine.load_checkpoint(str(folder), tag="ds", load_module_strict=True)
-    return int((client or {}).get("step", 0))
+        ema = new_ema() if new_ema else None  # from the loaded weights, unless the checkpoint has its own
+        if ema is not None and not ema.load(folder):
+            print(f"checkpoint {folder} has no EMA; the average restarts from the loaded weights", flush=True)
+    return int((client or {}).get("step", 0)), ema
 
 
-def _writer(cfg: TrainConfig) -> Any:
-    """TensorBoard writer under the run folder (local storage) or a local ``tensorboard/`` folder."""
-    from torch.utils.tensorboard import SummaryWriter
+class _Board:
+    """TensorBoard on rank 0: written locally, and copied to ``storage_path`` when that is remote."""
 
-    root = cfg.run.storage_path
-    base = Path(root) if "://" not in root else Path("tensorboard")
-    return SummaryWriter(log_dir=str(base.resolve() / cfg.run_name / "tensorboard"))
+    def __init__(self, cfg: TrainConfig) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        remote = is_remote(cfg.run.storage_path)
+        self.url = join(cfg.run.storage_path, cfg.run_name, "tensorboard") if remote else None
+        self.dir = tempfile.mkdtemp(prefix="omnilv-tb-") if remote else join(cfg.run.storage_path, cfg.run_name,
+                                                                              "tensorboard")
+        self.writer = SummaryWriter(log_dir=self.dir)
+
+    def add_scalar(self, *args: Any) -> None:
+        self.writer.add_scalar(*args)
+
+    def sync(self) -> None:
+        """Flush, and upload the event files when the run lives on remote storage."""
+        self.writer.flush()
+        if self.url is not None:
+            upload_dir(self.dir, self.url)
+
+    def close(self) -> None:
+        self.writer.close()
+        self.sync()
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
@@ -227,9 +261,7 @@ def _init_weights(net: Any, path: str) -> None:
     """Weights only (no optimizer state, step 0) from an exported model folder or a run folder."""
     from training.export import load_network
 
-    folder = Path(path)
-    if (folder / "export").is_dir():
-        folder = folder / "export"
+    folder = path if exists(join(path, "omnilv.json")) else join(path, "export")
     state = load_network(folder).state_dict()
     missing, unexpected = net.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if not k.startswith("prompt.")]:
@@ -265,8 +297,12 @@ def _await_committed(run_dir: Path, ckpt_step: int, timeout: float = 60.0) -> No
         time.sleep(0.2)
 
 
-def export_final(cfg: TrainConfig, engine: Any, rank: int) -> None:
-    """Rank 0 exports the trained net; under ZeRO-3 every rank first gathers the partitioned parameters."""
+def export_final(cfg: TrainConfig, engine: Any, rank: int, ema: RankEMA | None = None) -> None:
+    """Rank 0 exports the trained net (its EMA weights when the run keeps an EMA).
+
+    Under ZeRO-3 every rank first gathers the partitioned parameters; the EMA shares are gathered too.
+    A remote export is written to a temp folder and uploaded, ``omnilv.json`` last.
+    """
     if not cfg.run.export:
         return
     import deepspeed
@@ -274,23 +310,31 @@ def export_final(cfg: TrainConfig, engine: Any, rank: int) -> None:
 
     from training.export import export_model
 
-    out = export_dir(cfg)
+    averaged = ema.gather() if ema is not None else None  # collective: every rank takes part
     params = list(engine.module.parameters())
     gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if cfg.deepspeed.zero_stage == 3 \
         else _Null()
     with gather:
         if rank == 0:
-            export_model(engine.module, cfg.text, cfg.codec, out, extra={"stage": cfg.stage.name})
+            if averaged is not None:  # the run is over: the live weights are not needed any more
+                load_into(engine.module, averaged)
+            out = export_dir(cfg)
+            with tempfile.TemporaryDirectory(prefix="omnilv-export-") as tmp:
+                local = tmp if is_remote(out) else out
+                export_model(engine.module, cfg.text, cfg.codec, local, extra={"stage": cfg.stage.name,
+                                                                               **describe(ema)})
+                if local != out:
+                    upload_dir(local, out)
     dist.barrier()
 
 
 def export_dir(cfg: TrainConfig) -> str:
-    root = cfg.run.storage_path
-    base = root.rstrip("/") if "://" in root else str(Path(root).resolve())
-    return f"{base}/{cfg.run_name}/export"
+    return join(cfg.run.storage_path, cfg.run_name, "export")
 
 
 class _Null:
+    """A do-nothing context (no gather, no checkpoint)."""
+
     def __enter__(self) -> None:
         return None
 

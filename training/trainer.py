@@ -11,13 +11,13 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import ray
 
 from training.config import TrainConfig
 from training.loop import export_dir, train_loop_per_worker
+from training.runstore import ray_storage
 
 
 @ray.remote(num_cpus=0)
@@ -52,9 +52,10 @@ def ensure_ray(address: str | None = None) -> None:
                  include_dashboard=False, configure_logging=False)
 
 
-def storage_uri(path: str) -> str:
-    """Ray Train wants an absolute path or a URI."""
-    return path if "://" in path else str(Path(path).resolve())
+def forwarded_env() -> dict[str, str]:
+    """The driver's ``AWS_*`` settings, for workers of a Ray instance started before they were exported
+    (on a cluster the nodes' own environment or instance role provides them)."""
+    return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
 
 
 def make_trainer(cfg: TrainConfig, board: Any = None, ledger: Any = None):
@@ -73,13 +74,14 @@ def make_trainer(cfg: TrainConfig, board: Any = None, ledger: Any = None):
                      seed=cfg.run.seed, read_cpus=d.read_cpus, max_tasks=d.max_read_tasks, ledger=ledger)
     if d.materialize:
         ds = ds.materialize()
+    storage, filesystem = ray_storage(cfg.run.storage_path)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "board": board},
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "board": board, "env": forwarded_env()},
         scaling_config=ScalingConfig(num_workers=cfg.run.workers, use_gpu=cfg.run.use_gpu,
                                      resources_per_worker={"CPU": cfg.run.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
-        run_config=RunConfig(name=cfg.run_name, storage_path=storage_uri(cfg.run.storage_path),
+        run_config=RunConfig(name=cfg.run_name, storage_path=storage, storage_filesystem=filesystem,
                              failure_config=FailureConfig(max_failures=cfg.run.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints)),
         datasets={"train": ds},

@@ -30,8 +30,16 @@ def tiny_cfg(corpus: Path, storage: Path, name: str, **over):
 @pytest.fixture(scope="module")
 def stage1(ray_local, tiny_corpus, tmp_path_factory):
     storage = tmp_path_factory.mktemp("runs")
-    cfg = tiny_cfg(tiny_corpus, storage, "s1")
+    cfg = tiny_cfg(tiny_corpus, storage, "s1", optim={"ema_decay": 0.9})
     return cfg, train(cfg, progress=False)
+
+
+def ema_shares(ckpt: Path) -> list[dict[str, torch.Tensor]]:
+    """Each rank's saved EMA share in a checkpoint folder, by rank."""
+    from safetensors.torch import load_file
+
+    shares = [load_file(str(p)) for p in sorted((ckpt / "ema").glob("rank*.safetensors"))]
+    return [{k.removeprefix("net."): v for k, v in share.items()} for share in shares]  # FlowMatching.net.*
 
 
 def test_zero2_two_workers_learn_checkpoint_and_export(stage1):
@@ -48,23 +56,54 @@ def test_zero2_two_workers_learn_checkpoint_and_export(stage1):
     assert list((Path(cfg.run.storage_path) / "s1" / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def test_zero2_ema_is_sharded_round_robin_and_exported(stage1):
+    """Each rank averages its own parameters; the export holds the union of the shares, not the raw weights."""
+    import json
+
+    from training.export import load_network
+
+    _, res = stage1
+    shares = ema_shares(Path(res.checkpoint))
+    assert len(shares) == 2 and all(shares)
+    assert not set(shares[0]) & set(shares[1]), "ranks averaged the same parameter twice"
+    net = load_network(res.export)
+    trainable = {n: p for n, p in net.named_parameters() if p.requires_grad}
+    assert set(shares[0]) | set(shares[1]) == set(trainable)
+    for share in shares:
+        for name, value in share.items():
+            torch.testing.assert_close(trainable[name], value, rtol=0, atol=0)
+    meta = json.loads((Path(res.export) / "omnilv.json").read_text())
+    assert meta["weights"] == "ema" and meta["ema"] == {"decay": 0.9, "updates": 4}
+
+
 def test_second_run_resumes_at_the_checkpointed_step(stage1, tiny_corpus):
     cfg, _ = stage1
-    more = tiny_cfg(tiny_corpus, Path(cfg.run.storage_path), "s1", schedule={"steps": 6})
-    m = train(more, progress=False).metrics
-    assert m["resumed_from"] == 4 and m["step"] == 6
+    more = tiny_cfg(tiny_corpus, Path(cfg.run.storage_path), "s1", schedule={"steps": 6}, optim={"ema_decay": 0.9})
+    res = train(more, progress=False)
+    assert res.metrics["resumed_from"] == 4 and res.metrics["step"] == 6
+    import json
+
+    meta = json.loads((Path(res.export) / "omnilv.json").read_text())
+    assert meta["ema"]["updates"] == 6, "the EMA did not resume from the checkpoint's share"
 
 
 def test_zero3_killed_worker_resumes_from_last_checkpoint(ray_local, tiny_corpus, tmp_path):
     from training.export import load_network
 
-    cfg = tiny_cfg(tiny_corpus, tmp_path, "z3", deepspeed={"zero_stage": 3},
+    cfg = tiny_cfg(tiny_corpus, tmp_path, "z3", deepspeed={"zero_stage": 3}, optim={"ema_decay": 0.9},
                    schedule={"steps": 4, "checkpoint_every": 2, "eval_every": 0}, run={"fail_at_step": 3})
     res = train(cfg, progress=False)
     assert (tmp_path / "z3" / "injected-failure").read_text() == "3"  # rank 1 really died at step 3
     assert res.metrics["step"] == 4 and res.metrics["resumed_from"] == 2
     net = load_network(res.export)  # full weights gathered from the ZeRO-3 partitions
     assert all(p.numel() > 0 and torch.isfinite(p).all() for p in net.parameters())
+    # ZeRO-3: every rank averaged its flat partition of every parameter; the export is them re-joined.
+    shares = ema_shares(Path(res.checkpoint))
+    assert len(shares) == 2
+    for name, p in net.named_parameters():
+        if p.requires_grad:
+            joined = torch.cat([shares[0][name], shares[1][name]])[: p.numel()].view_as(p)
+            torch.testing.assert_close(p.detach(), joined, rtol=0, atol=0)
 
 
 def test_stage2_starts_from_stage1_weights_with_exemplars(stage1, tiny_corpus, tmp_path):
