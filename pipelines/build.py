@@ -72,12 +72,15 @@ def listing_digest(uris: list[str]) -> str:
 
 
 # -- writing one shard (runs in a Ray worker) ------------------------------------------------------
-def tar_bytes(samples: list[dict[str, bytes]]) -> bytes:
-    """A tar of WebDataset sample dicts with fixed member order and metadata (reproducible bytes)."""
+def tar_bytes(samples: list[dict[str, bytes]], members: tuple[str, ...] = MEMBERS) -> bytes:
+    """A tar of WebDataset sample dicts with fixed member order and metadata (reproducible bytes).
+
+    Only ``members`` are written, in that order (the corpus schema's by default; the latent cache passes its own).
+    """
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for sample in samples:
-            for member in MEMBERS:
+            for member in members:
                 if member not in sample:
                     continue
                 data = sample[member]

@@ -41,7 +41,13 @@ class SkipLedger:
 
 
 class WhitelistDecoder:
-    """The ``decoder=`` of ``read_webdataset``: raw member bytes in, whitelisted raw bytes out."""
+    """The ``decoder=`` of ``read_webdataset``: raw member bytes in, whitelisted raw bytes out.
+
+    ``columns`` maps whitelisted member names to row columns (the corpus schema's by default).
+    """
+
+    def __init__(self, columns: dict[str, str] | None = None) -> None:
+        self.columns = dict(columns or COLUMNS)
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         row: dict[str, Any] = {"key": str(sample.get("__key__", "?"))}
@@ -49,11 +55,11 @@ class WhitelistDecoder:
         for name, value in sample.items():
             if name.startswith("__"):
                 continue
-            if name in COLUMNS:
-                row[COLUMNS[name]] = bytes(value)
+            if name in self.columns:
+                row[self.columns[name]] = bytes(value)
             else:  # never decoded: only its extension is recorded, for the count
                 skipped.append(name.rsplit(".", 1)[-1] or name)
-        for col in COLUMNS.values():
+        for col in self.columns.values():
             row.setdefault(col, b"")
         row["skipped"] = ",".join(skipped)
         return row

@@ -32,6 +32,8 @@ class ModelSection(_Section):
 class DataSection(_Section):
     corpus: str = ""
     """Corpus root: a local folder or ``s3://`` prefix holding ``manifest.json`` and its shards."""
+    latents: str = ""
+    """Latent cache root written by ``omnilv cache-latents``; when set, training reads it instead of decoding pixels."""
     resolution: int = Field(128, ge=8)
     """Side of the square training crop in pixels (used when ``buckets`` is empty)."""
     buckets: list[tuple[int, int]] = Field(default_factory=list)

@@ -1,8 +1,9 @@
 """Worker side of the data path: dataset-shard batches -> model inputs (latents + text features).
 
-Rows arrive from :mod:`pipelines.ingest` as float32 (H, W, 3) images in [0, 1]. With one resolution
-bucket they stack into fixed-shape batches inside ``iter_torch_batches``; with several, rows are
-regrouped here so that every batch has one shape (aspect-ratio bucketing).
+Rows arrive from :mod:`pipelines.ingest` as float32 (H, W, 3) images in [0, 1], or from a latent cache
+(:mod:`training.latents`) already encoded: ``x1``/``cond``/``ref_*`` latents and padded ``text`` + ``text_mask``.
+With one resolution bucket they stack into fixed-shape batches inside ``iter_torch_batches``; with several,
+rows are regrouped here so that every batch has one shape (aspect-ratio bucketing).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 IMAGES = ("input", "target", "ref_input", "ref_target")
+LATENTS = ("x1", "cond", "ref_input", "ref_target")  # latent-cache rows: already in the codec's space
 
 
 def to_tensor(images: np.ndarray | list) -> torch.Tensor:
@@ -25,10 +27,24 @@ def to_tensor(images: np.ndarray | list) -> torch.Tensor:
 
 def collate(batch: dict[str, np.ndarray]) -> dict[str, Any]:
     """numpy batch -> images as tensors, strings as lists (``iter_torch_batches(collate_fn=...)``)."""
-    out: dict[str, Any] = {k: to_tensor(batch[k]) for k in IMAGES if k in batch}
+    if "x1" in batch:
+        out = collate_latents(batch)
+    else:
+        out = {k: to_tensor(batch[k]) for k in IMAGES if k in batch}
     out["ref_mask"] = torch.from_numpy(np.asarray(batch["ref_mask"], dtype=bool))
     out["txt"] = [str(s) for s in batch["txt"]]
     out["task"] = [str(s) for s in batch.get("task", [""] * len(out["txt"]))]
+    return out
+
+
+def collate_latents(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Cached latents as they are; text cut to the batch's longest instruction, as :meth:`Prepare.encode_text`."""
+    stacked = {k: np.stack(list(batch[k])) if batch[k].dtype == object else batch[k] for k in LATENTS if k in batch}
+    out: dict[str, Any] = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in stacked.items()}
+    mask = np.asarray(batch["text_mask"], dtype=bool)  # (B, L)
+    n = max(1, int(mask.sum(axis=1).max()))
+    out["text"] = torch.from_numpy(np.ascontiguousarray(np.asarray(batch["text"], dtype=np.float32)[:, :n]))
+    out["text_mask"] = torch.from_numpy(np.ascontiguousarray(mask[:, :n]))
     return out
 
 
@@ -51,7 +67,10 @@ def iter_batches(shard: Any, batch_size: int, buckets: int, prefetch: int = 2) -
 
 
 class Prepare:
-    """Encodes a pixel batch with the frozen codec and text encoder: the dict ``FlowMatching`` takes."""
+    """Encodes a pixel batch with the frozen codec and text encoder: the dict ``FlowMatching`` takes.
+
+    A latent-cache batch (it carries ``x1``) is already encoded: it only moves to the device.
+    """
 
     def __init__(self, codec: Any, text: Any, device: torch.device, use_exemplars: bool) -> None:
         self.codec, self.text, self.device, self.use_exemplars = codec, text, device, use_exemplars
@@ -59,6 +78,10 @@ class Prepare:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         dev = self.device
+        if "x1" in batch:
+            keys = ("x1", "cond", "text", "text_mask") + (("ref_input", "ref_target", "ref_mask")
+                                                         if self.use_exemplars else ())
+            return {k: batch[k].to(dev) for k in keys}
         out = {"x1": self.codec.encode(batch["target"].to(dev)), "cond": self.codec.encode(batch["input"].to(dev))}
         out["text"], out["text_mask"] = self.encode_text(batch["txt"])
         if self.use_exemplars:

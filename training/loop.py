@@ -97,8 +97,9 @@ class _Run:
                 maybe_fail(cfg, self.rank, step)
                 self._after_step(step)
             if not got:
-                raise RuntimeError(f"{cfg.data.corpus}: this worker's dataset shard has no full batch of "
-                                   f"{cfg.data.batch_size}; the corpus is too small for {cfg.run.workers} worker(s)")
+                raise RuntimeError(f"{cfg.data.latents or cfg.data.corpus}: this worker's dataset shard has no full "
+                                   f"batch of {cfg.data.batch_size}; the corpus is too small for {cfg.run.workers} "
+                                   "worker(s)")
         return step
 
     def _micro_step(self, batch: dict[str, Any]) -> None:

@@ -65,13 +65,18 @@ def make_trainer(cfg: TrainConfig, board: Any = None, ledger: Any = None):
 
     from pipelines.ingest import read_corpus
 
-    if not cfg.data.corpus:
+    if not cfg.data.corpus and not cfg.data.latents:
         raise ValueError("data.corpus is empty: point it at a corpus folder or s3:// prefix (--set data.corpus=…)")
     d = cfg.data
     # Our own progress bar reports training; Ray Data's per-operator bars would interleave with it.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    ds = read_corpus(d.corpus, d.sizes, random_crop=d.random_crop, use_exemplars=d.use_exemplars,
-                     seed=cfg.run.seed, read_cpus=d.read_cpus, max_tasks=d.max_read_tasks, ledger=ledger)
+    if d.latents:  # already encoded: checked against this config's codec/text/sizes, then read
+        from training.latents_read import training_dataset
+
+        ds = training_dataset(cfg, ledger)
+    else:
+        ds = read_corpus(d.corpus, d.sizes, random_crop=d.random_crop, use_exemplars=d.use_exemplars,
+                         seed=cfg.run.seed, read_cpus=d.read_cpus, max_tasks=d.max_read_tasks, ledger=ledger)
     if d.materialize:
         ds = ds.materialize()
     storage, filesystem = ray_storage(cfg.run.storage_path)
