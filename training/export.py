@@ -97,6 +97,9 @@ def _load_network(folder: Path) -> OmniLV:
     if missing or unexpected:
         raise ExportError(f"{folder / MODULES} does not match {CONFIG}: missing {missing[:3]}, "
                           f"unexpected {unexpected[:3]}")
+    with torch.no_grad():  # own, contiguous storage: from_pretrained's (mapped) tensors take other kernel paths
+        for p in net.parameters():
+            p.data = p.data.clone(memory_format=torch.contiguous_format)
     return net.eval()
 
 
