@@ -62,24 +62,31 @@ def evaluate(
     steps: int | None = typer.Option(None, "--steps", min=1, help="ODE steps (default: the export's)."),
     guidance: float | None = typer.Option(None, "--guidance", help="Instruction guidance scale; 1 = none."),
     seed: int = typer.Option(0, "--seed", help="Base seed of the starting noise (sample i uses seed+i)."),
+    lpips: Path | None = typer.Option(None, "--lpips", help="Folder with local LPIPS weights: torchvision's AlexNet "
+                                      "state dict (alexnet-owt-7be5be79.pth) and lpips' v0.1 alex.pth. Adds LPIPS "
+                                      "per task; nothing is downloaded."),
 ) -> None:
-    """Score an exported model on a corpus: PSNR and SSIM per task, restored vs target next to input vs target.
+    """Score an exported model on a corpus: PSNR and SSIM (and LPIPS with --lpips) per task, restored vs target
+    next to input vs target.
 
-    LPIPS/MUSIQ are not computed (they need learned weights). Example:
-    omnilv eval --checkpoint runs/tiny/export data/quickstart --out eval --limit 50
+    \b
+    Examples:
+      omnilv eval --checkpoint runs/tiny_stage1/export corpus/quickstart --out eval --limit 50
+      omnilv eval --checkpoint s3://bucket/runs/stage1/export s3://bucket/corpus --lpips ~/weights/lpips
     """
     from rich.progress import Progress
 
     from pipelines.schema import SchemaError
     from training.evaluate import evaluate as run_eval
     from training.export import ExportError
+    from training.perceptual import LpipsError
 
     try:
         with Progress(transient=True) as bar:
             task = bar.add_task("restoring", total=limit)
             results = run_eval(checkpoint, corpus, out, limit=limit, steps=steps, guidance=guidance, seed=seed,
-                               progress=lambda n: bar.advance(task, n))
-    except (ExportError, SchemaError, OSError) as exc:
+                               lpips=lpips, progress=lambda n: bar.advance(task, n))
+    except (ExportError, SchemaError, LpipsError, OSError) as exc:
         _fail(str(exc))
     _print_table(results)
     typer.echo(f"report: {out / 'index.html'}")
@@ -89,12 +96,14 @@ def _print_table(results: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from training.evaluate import table_columns
+
     table = Table(title=f"{results['samples']} samples")
-    for col in ("task", "n", "PSNR restored", "PSNR input", "gain", "SSIM restored", "SSIM input"):
+    cols = table_columns(results)
+    for col, _ in cols:
         table.add_column(col)
     for name, m in results["tasks"].items():
-        table.add_row(name, str(m["n"]), f"{m['psnr']:.2f}", f"{m['psnr_input']:.2f}", f"{m['gain_psnr']:+.2f}",
-                      f"{m['ssim']:.4f}", f"{m['ssim_input']:.4f}")
+        table.add_row(*(fmt(name, m) for _, fmt in cols))
     Console().print(table)
     if results["skipped"]:
         typer.echo(f"skipped: {results['skipped']}")

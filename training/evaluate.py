@@ -2,7 +2,7 @@
 
 Writes ``results.json``, ``index.html`` and ``sheet.png`` (one row per task: input | restored | target).
 The corpus is read through :func:`pipelines.read.iter_samples` (manifest-listed shards, whitelisted
-members only). LPIPS/MUSIQ are not computed: they need learned weights this package does not ship.
+members only). LPIPS is added when ``lpips`` names a folder of local weights (:mod:`training.perceptual`).
 """
 
 from __future__ import annotations
@@ -17,17 +17,19 @@ from typing import Any
 import numpy as np
 
 from training.metrics import psnr, ssim
+from training.perceptual import LPIPS
 from training.restore import Restorer, save_image
 
 SHEET_ROW = 128  # pixels: each sheet row is resized to this height
 
 
 def evaluate(checkpoint: str | Path, corpus: str, out_dir: str | Path, *, limit: int | None = None,
-             steps: int | None = None, guidance: float | None = None, seed: int = 0,
+             steps: int | None = None, guidance: float | None = None, seed: int = 0, lpips: str | Path | None = None,
              progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Restore up to ``limit`` corpus samples, score them, write the report; returns the results dict."""
     from pipelines.read import ReadStats, iter_samples
 
+    perceptual = LPIPS.from_folder(lpips) if lpips else None  # before the slow part: bad weights fail fast
     restorer = Restorer.from_export(checkpoint)
     stats, skipped = ReadStats(), Counter()
     scores: dict[str, list[dict[str, float]]] = defaultdict(list)
@@ -41,9 +43,14 @@ def evaluate(checkpoint: str | Path, corpus: str, out_dir: str | Path, *, limit:
             continue
         out = restorer.restore(sample.input, sample.instruction, sample.ref_input, sample.ref_target,
                                steps=steps, guidance=guidance, seed=seed + i)
-        scores[task].append({"psnr": psnr(out, sample.target), "ssim": ssim(out, sample.target),
-                             "psnr_input": psnr(sample.input, sample.target),
-                             "ssim_input": ssim(sample.input, sample.target)})
+        row = {"psnr": psnr(out, sample.target), "ssim": ssim(out, sample.target),
+               "psnr_input": psnr(sample.input, sample.target), "ssim_input": ssim(sample.input, sample.target)}
+        if perceptual is not None and min(out.shape[:2]) >= 32:
+            row.update(lpips=perceptual.distance(out, sample.target),
+                       lpips_input=perceptual.distance(sample.input, sample.target))
+        elif perceptual is not None:
+            skipped["lpips: image under 32 px"] += 1
+        scores[task].append(row)
         examples.setdefault(task, (sample.input, out, sample.target))
         if progress is not None:
             progress(1)
@@ -57,7 +64,8 @@ def evaluate(checkpoint: str | Path, corpus: str, out_dir: str | Path, *, limit:
 def summarize(scores: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
     """Mean of each metric per task and over all samples; ``gain_psnr`` = restored − input."""
     def mean(rows: list[dict[str, float]]) -> dict[str, float]:
-        m = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        keys = dict.fromkeys(k for r in rows for k in r)  # LPIPS may be missing on some rows
+        m = {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
         return {**m, "n": len(rows), "gain_psnr": m["psnr"] - m["psnr_input"]}
 
     every = [r for rows in scores.values() for r in rows]
@@ -87,11 +95,23 @@ def _sheet(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
                            for line in lines], axis=0)
 
 
+def table_columns(results: dict[str, Any]) -> list[tuple[str, Callable[[str, dict], str]]]:
+    """(header, cell formatter) of the per-task table, shared by the HTML report and the console."""
+    cols: list[tuple[str, Callable[[str, dict], str]]] = [
+        ("task", lambda t, m: t), ("n", lambda t, m: str(m["n"])),
+        ("PSNR restored", lambda t, m: f"{m['psnr']:.2f}"), ("PSNR input", lambda t, m: f"{m['psnr_input']:.2f}"),
+        ("gain", lambda t, m: f"{m['gain_psnr']:+.2f}"), ("SSIM restored", lambda t, m: f"{m['ssim']:.4f}"),
+        ("SSIM input", lambda t, m: f"{m['ssim_input']:.4f}")]
+    if any("lpips" in m for m in results["tasks"].values()):
+        cols += [("LPIPS restored", lambda t, m: f"{m['lpips']:.4f}" if "lpips" in m else "–"),
+                 ("LPIPS input", lambda t, m: f"{m['lpips_input']:.4f}" if "lpips_input" in m else "–")]
+    return cols
+
+
 def _html(results: dict[str, Any], sheet: bool) -> str:
-    head = "<tr><th>task</th><th>n</th><th>PSNR restored</th><th>PSNR input</th><th>gain</th>" \
-           "<th>SSIM restored</th><th>SSIM input</th></tr>"
-    rows = [f"<tr><td>{html.escape(t)}</td><td>{m['n']}</td><td>{m['psnr']:.2f}</td><td>{m['psnr_input']:.2f}</td>"
-            f"<td>{m['gain_psnr']:+.2f}</td><td>{m['ssim']:.4f}</td><td>{m['ssim_input']:.4f}</td></tr>"
+    cols = table_columns(results)
+    head = "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c, _ in cols) + "</tr>"
+    rows = ["<tr>" + "".join(f"<td>{html.escape(fmt(t, m))}</td>" for _, fmt in cols) + "</tr>"
             for t, m in results["tasks"].items()]
     img = '<p>input | restored | target, one row per task</p><img src="sheet.png">' if sheet else ""
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>omnilv eval</title></head><body>"

@@ -1,0 +1,103 @@
+"""LPIPS from local weight files (formats of torchvision's AlexNet and lpips' heads), and ``eval --lpips``."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from typer.testing import CliRunner
+
+from omnilv.cli import app
+from pipelines.schema import Manifest, Sample, ShardRecord, shard_name
+from training.perceptual import CHANNELS, CONVS, LPIPS, LpipsError
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """Random weights saved exactly as the real files are laid out (trunk .pth with classifier keys too)."""
+    g = torch.Generator().manual_seed(0)
+    folder = tmp_path_factory.mktemp("lpips")
+    trunk = {}
+    for i, (cin, cout, k, _, _) in CONVS.items():
+        trunk[f"features.{i}.weight"] = torch.randn(cout, cin, k, k, generator=g) * (2 / (cin * k * k)) ** 0.5
+        trunk[f"features.{i}.bias"] = torch.zeros(cout)
+    trunk["classifier.1.weight"] = torch.randn(8, 4, generator=g)  # torchvision's file has these: ignored
+    torch.save(trunk, folder / "alexnet-owt-7be5be79.pth")
+    lins = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1, generator=g) for i, c in enumerate(CHANNELS)}
+    torch.save(lins, folder / "alex.pth")
+    return folder
+
+
+def test_loads_both_files_and_measures_distance(weights, small_image):
+    model = LPIPS.from_folder(weights)
+    trunk = torch.load(weights / "alexnet-owt-7be5be79.pth", weights_only=True)
+    torch.testing.assert_close(model.features["6"].weight, trunk["features.6.weight"], rtol=0, atol=0)
+    img = np.ascontiguousarray(small_image[:64, :64])
+    rng = np.random.default_rng(0)
+    noisy = [np.clip(img + rng.normal(0, s, img.shape), 0, 1).astype(np.float32) for s in (0.02, 0.2)]
+    assert model.distance(img, img) == 0.0
+    near, far = model.distance(img, noisy[0]), model.distance(img, noisy[1])
+    assert 0 < near < far
+    assert model.distance(noisy[1], img) == pytest.approx(far, rel=1e-6)  # symmetric
+
+
+def test_missing_and_hostile_files_are_clear_errors(weights, tmp_path):
+    only_trunk = tmp_path / "only_trunk"
+    only_trunk.mkdir()
+    (only_trunk / "a.pth").write_bytes((weights / "alexnet-owt-7be5be79.pth").read_bytes())
+    with pytest.raises(LpipsError, match="LPIPS linear heads"):
+        LPIPS.from_folder(only_trunk)
+    with pytest.raises(LpipsError, match="not a folder"):
+        LPIPS.from_folder(tmp_path / "nope")
+    canary = tmp_path / "canary.txt"
+
+    class Boom:
+        def __reduce__(self):
+            return (Path.write_text, (canary, "unpickled!"))
+
+    hostile = tmp_path / "hostile"
+    hostile.mkdir()
+    (hostile / "alex.pth").write_bytes(pickle.dumps({"lin0.model.1.weight": Boom()}))
+    with pytest.raises(LpipsError, match="alex.pth"):
+        LPIPS.from_folder(hostile)
+    assert not canary.exists()
+
+
+def test_eval_cli_reports_lpips_per_task(weights, tmp_path, small_image):
+    from training.export import export_model
+    from training.flow import FlowMatching
+    from training.models import OmniLV
+
+    torch.manual_seed(0)
+    export_model(FlowMatching(OmniLV.from_preset("tiny")), "tiny", "pixel", tmp_path / "model", sampler={"steps": 1})
+    rng = np.random.default_rng(0)
+    clean = [np.ascontiguousarray(small_image[:48, i * 48:(i + 1) * 48]) for i in range(2)]
+    samples = [Sample("id0", clean[0], clean[0], "Keep it.", {"task": "identity"}),
+               Sample("nz0", np.clip(clean[1] + rng.normal(0, 0.1, clean[1].shape), 0, 1).astype(np.float32),
+                      clean[1], "Remove the noise.", {"task": "noise"})]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    with wds.TarWriter(str(corpus / shard_name(0))) as tw:
+        for s in samples:
+            tw.write(s.to_members())
+    shard = corpus / shard_name(0)
+    (corpus / "manifest.json").write_text(Manifest([ShardRecord(shard.name, 2, shard.stat().st_size,
+                                                                "0" * 64)]).to_json())
+    out = tmp_path / "report"
+    res = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "model"), str(corpus), "--out", str(out),
+                              "--lpips", str(weights)])
+    assert res.exit_code == 0, res.output
+    tasks = json.loads((out / "results.json").read_text())["tasks"]
+    assert tasks["identity"]["lpips_input"] == 0.0 and tasks["noise"]["lpips_input"] > 0
+    assert all(np.isfinite(t["lpips"]) for t in tasks.values())
+    assert "LPIPS restored" in (out / "index.html").read_text() and "LPIPS" in res.output
+    bad = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "model"), str(corpus), "--lpips",
+                              str(tmp_path / "corpus")])
+    assert bad.exit_code == 2 and "AlexNet trunk" in bad.output
