@@ -1,10 +1,12 @@
-"""Plugins that wrap albumentations 2.0.8 where it already does the job well.
+"""Plugins built on albumentations 2.0.8 where it already does the job well.
 
-Our contract holds around them: the visible parameters are sampled by us and recorded; the
-transform's remaining randomness (drop positions, flare circles, shadow polygons) is seeded with
-an integer drawn from the ``rng`` handed to ``apply`` through ``set_random_seed``, which gives each
-transform its own ``numpy.random.Generator`` and ``random.Random`` (no global state: the contract
-check verifies it). Images go in and out as float32 RGB in [0, 1], which albumentations accepts.
+Our contract holds around them: the visible parameters are sampled by us and recorded, and every other
+random draw comes from the ``rng`` handed to ``apply``. ``SunFlare`` runs the whole transform, seeded with
+an integer drawn from ``rng`` through ``set_random_seed``, which gives it its own ``numpy.random.Generator``
+and ``random.Random`` (no global state: the contract check verifies it). ``Spatter`` calls albumentations'
+functional kernels on a liquid layer drawn from ``rng``, and ``Shadow`` is its polygon model in float32 (the
+functional round-trips through uint8): building a transform per call (validation included) cost more than
+the effect. Images go in and out as float32 RGB in [0, 1], which albumentations accepts.
 """
 
 from __future__ import annotations
@@ -43,10 +45,15 @@ class Spatter(Degradation):
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, mode: str, intensity: float,
               cutout: float) -> np.ndarray:
-        import albumentations as A
+        from albumentations.augmentations.pixel import functional as fpixel
 
-        t = A.Spatter(mode=mode, intensity=(intensity, intensity), cutout_threshold=(cutout, cutout), p=1.0)
-        return run_albu(t, img, rng)
+        # Spatter's defaults: mean 0.65, std 0.3, blur sigma 2; its colours for rain and mud.
+        layer = kernels.liquid_layer(*img.shape[:2], 0.65, 0.3, 2.0, cutout, rng)
+        if mode == "rain":
+            drops = fpixel.get_rain_params(layer, np.array([238, 238, 175]) / 255, intensity)["drops"]
+            return kernels.clip01(fpixel.spatter_rain(img, drops))
+        mud = fpixel.get_mud_params(layer, np.array([20, 42, 63]) / 255, cutout, 2.0, intensity, rng)
+        return kernels.clip01(fpixel.spatter_mud(img, mud["non_mud"], mud["mud"]))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,7 +81,7 @@ class SunFlare(Degradation):
 
 @dataclass(frozen=True, kw_only=True)
 class Shadow(Degradation):
-    """Cast shadows: darkened polygons (albumentations ``RandomShadow``)."""
+    """Cast shadows: darkened random polygons (albumentations ``RandomShadow``'s model)."""
 
     domain = "enhancement"
     instructions = ("Remove the shadows from this photo.", "Relight the shadowed regions of this image.",
@@ -87,8 +94,5 @@ class Shadow(Degradation):
                 "intensity": uniform(rng, self.intensity_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, count: int, intensity: float) -> np.ndarray:
-        import albumentations as A
-
-        t = A.RandomShadow(shadow_roi=(0, 0, 1, 1), num_shadows_limit=(count, count),
-                           shadow_intensity_range=(intensity, intensity), p=1.0)
-        return run_albu(t, img, rng)
+        # RandomShadow's model over the whole image: polygons of 5 uniform random vertices.
+        return kernels.cast_shadows(img, kernels.random_polygons(*img.shape[:2], count, 5, rng), intensity)

@@ -1,0 +1,90 @@
+"""The fast kernels keep the statistics their names promise (samples drawn at run time, fixed seeds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from degradations import kernels, weather
+
+
+def rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def test_table_normals_match_n01():
+    z = kernels.standard_normal((1_000_000,), rng()).astype(np.float64)
+    assert abs(z.mean()) < 0.005 and abs(z.std() - 1) < 0.005
+    assert abs(stats.skew(z)) < 0.01 and abs(stats.kurtosis(z)) < 0.02  # symmetric, Gaussian tails
+    assert stats.kstest(z, "norm").statistic < 0.002
+    table = kernels._normal_table().astype(np.float64)
+    assert np.array_equal(table, -table[::-1])  # exactly symmetric quantiles
+    assert abs(np.mean(table**2) - 1) < 1e-6 and 4.2 < table.max() < 4.4  # unit variance, tails to 4.3 sigma
+
+
+def test_normal_is_the_affine_map_of_the_same_draws():
+    z = kernels.standard_normal((64, 96, 3), rng(3))
+    assert z.shape == (64, 96, 3) and z.dtype == np.float32
+    assert np.array_equal(kernels.normal((64, 96, 3), rng(3), loc=0.65, scale=0.3),
+                          z * np.float32(0.3) + np.float32(0.65))
+
+
+def test_lut_and_numpy_paths_give_the_same_bits(monkeypatch):
+    fast = kernels.normal((33, 47, 3), rng(5), scale=0.2)
+    monkeypatch.setattr(kernels, "_lut16", lambda: False)  # the OpenCV < 5 path
+    assert np.array_equal(kernels.normal((33, 47, 3), rng(5), scale=0.2), fast)
+
+
+def test_gaussian_noise_is_clipped_image_plus_sigma_z():
+    img = rng(1).random((61, 83, 3), dtype=np.float32)
+    out = kernels.add_gaussian_noise(img, 0.1, False, rng(7))
+    expected = np.clip(img + np.float32(0.1) * kernels.standard_normal(img.shape, rng(7)), 0, 1)
+    assert np.allclose(out, expected, atol=1e-6) and out.min() >= 0 and out.max() <= 1
+    flat = np.full((256, 256, 3), 0.5, np.float32)
+    noise = kernels.add_gaussian_noise(flat, 0.05, False, rng(2)) - flat
+    assert abs(float(noise.std()) - 0.05) < 0.001 and abs(float(noise.mean())) < 0.001
+
+
+@pytest.mark.parametrize("amount", [0.05, 0.5])
+def test_salt_pepper_hits_each_pixel_with_probability_amount(amount):
+    grey = np.full((512, 512, 3), 0.5, np.float32)
+    out = kernels.add_salt_pepper(grey, amount, 0.3, rng(4))
+    salt, pepper = (out == 1).all(-1), (out == 0).all(-1)
+    hit = salt | pepper
+    assert np.array_equal(out[~hit], grey[~hit])  # untouched elsewhere, all channels together
+    tol = 4 * np.sqrt(amount * (1 - amount) / hit.size)  # 4 binomial standard deviations
+    assert abs(hit.mean() - amount) < tol  # repeats in the positions do not thin the hits
+    assert abs(salt.sum() / hit.sum() - 0.3) < 0.01
+    both = (hit[:, 1:] & hit[:, :-1]).mean()  # neighbours are hit independently
+    assert abs(both - amount**2) < 4 * np.sqrt(amount**2 / hit.size) + 1e-3
+
+
+def test_salt_pepper_leaves_the_input_alone():
+    img = rng(1).random((40, 50, 3), dtype=np.float32)
+    before = img.copy()
+    kernels.add_salt_pepper(img, 0.2, 0.5, rng(0))
+    assert np.array_equal(img, before)
+
+
+def test_shadows_compound_where_polygons_overlap():
+    img = np.full((40, 60, 3), 0.8, np.float32)
+    square = np.array([[10, 10], [30, 10], [30, 30], [10, 30]], np.int32)
+    out = kernels.cast_shadows(img, [square, square + 5], 0.5)
+    assert np.allclose(out[20, 20], 0.2) and np.allclose(out[12, 12], 0.4) and np.allclose(out[2, 2], 0.8)
+    polys = kernels.random_polygons(40, 60, 3, 5, rng(0))
+    assert len(polys) == 3 and all(p.shape == (5, 2) and p.dtype == np.int32 for p in polys)
+    assert all((p[:, 0] < 60).all() and (p[:, 1] < 40).all() and (p >= 0).all() for p in polys)
+
+
+def test_liquid_layer_is_zero_below_the_cutout():
+    layer = kernels.liquid_layer(128, 128, 0.65, 0.3, 2.0, 0.68, rng(0))
+    assert layer.shape == (128, 128) and layer.dtype == np.float32
+    assert ((layer == 0) | (layer > 0.68)).all() and 0.01 < (layer > 0).mean() < 0.5
+
+
+def test_streaks_fill_the_frame_and_handle_no_drops():
+    s = weather.streaks(96, 128, 0.02, 15, 100.0, rng(0))
+    assert s.shape == (96, 128) and s.min() >= 0 and s.max() <= 1
+    assert s[:8].mean() > 0 and s[-8:].mean() > 0 and s[:, :8].mean() > 0  # drops from outside reach the edges
+    assert not weather.streaks(96, 128, 0.0, 15, 100.0, rng(0)).any()
