@@ -33,6 +33,7 @@ class Spatter(Degradation):
     """Raindrops or mud spatter on the lens (albumentations ``Spatter``)."""
 
     domain = "restoration"
+    version = 2  # faster noise/draws: same distribution, other pixels than version 1
     instructions = ("Remove the {mode} drops from this photo.", "Clean the lens spatter off this image.",
                     "Remove the raindrops and smudges from this picture.")
     mode_choices: tuple[str, ...] = allowed(("rain", "mud"))
@@ -84,6 +85,7 @@ class Shadow(Degradation):
     """Cast shadows: darkened random polygons (albumentations ``RandomShadow``'s model)."""
 
     domain = "enhancement"
+    version = 2  # faster noise/draws: same distribution, other pixels than version 1
     instructions = ("Remove the shadows from this photo.", "Relight the shadowed regions of this image.",
                     "Remove the {count} cast shadow(s) from this picture.")
     count_range: tuple[int, int] = limits(1, 6, (1, 3))

@@ -76,6 +76,9 @@ class Degradation:
     target_bits: ClassVar[int] = 8
     #: Annotation fields this plugin needs (e.g. ``("boxes",)``); empty for image-only plugins.
     requires: ClassVar[tuple[str, ...]] = ()
+    #: Bump when the same params and seed start giving other pixels: recorded with every step, checked on
+    #: replay, and a resumed corpus build refuses to mix versions.
+    version: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

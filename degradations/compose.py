@@ -37,13 +37,15 @@ class Step:
     name: str
     params: dict[str, Any]
     seed: int
+    version: int = 1  # the plugin's kernel version (recorded only when > 1, so older records read the same)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "params": to_jsonable(self.params), "seed": self.seed}
+        out = {"name": self.name, "params": to_jsonable(self.params), "seed": self.seed}
+        return {**out, "version": self.version} if self.version != 1 else out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Step:
-        return cls(str(d["name"]), dict(d["params"]), int(d["seed"]))
+        return cls(str(d["name"]), dict(d["params"]), int(d["seed"]), int(d.get("version", 1)))
 
 
 @dataclass
@@ -70,7 +72,7 @@ class Apply:
         kw = {"ann": ctx.ann} if p.requires else {}
         params = to_jsonable(p.sample_params(rng, **kw))
         seed = int(rng.integers(_SEED_BOUND))
-        ctx.record.append(Step(p.display_name(), params, seed))
+        ctx.record.append(Step(p.display_name(), params, seed, p.version))
         return p.apply(img, np.random.default_rng(seed), **params, **kw)
 
 
@@ -217,6 +219,10 @@ def replay(record: dict[str, Any], clean: np.ndarray, ann: Annotations | None = 
     img = clean
     for step in (Step.from_json(s) for s in record["steps"]):
         plugin = registry.get(step.name)()
+        if plugin.version != step.version:
+            raise ValueError(f"step {step.name!r} was recorded by version {step.version} of the plugin, but version "
+                             f"{plugin.version} is installed and draws other pixels from the same seed; install the "
+                             "omnilv release that built the corpus to regenerate it")
         kw = {"ann": ann} if plugin.requires else {}
         img = plugin.apply(img, np.random.default_rng(step.seed), **step.params, **kw)
     img = _fit(img, clean.shape[:2])

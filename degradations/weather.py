@@ -67,6 +67,7 @@ class Rain(Degradation):
     """Rain streaks: bright, slanted, motion-blurred drops over a slightly dimmed scene."""
 
     domain = "restoration"
+    version = 2  # faster noise/draws: same distribution, other pixels than version 1
     instructions = ("Remove the rain from this photo.", "Derain this image.",
                     "Remove the rain streaks (density {density:.3f}) from this picture.")
     density_range: tuple[float, float] = limits(0.0, 0.1, (0.004, 0.02))

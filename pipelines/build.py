@@ -123,9 +123,25 @@ def _one_thread() -> None:
 
 
 # -- resume / state --------------------------------------------------------------------------------
+def plugin_versions() -> dict[str, int]:
+    """Kernel versions of the registered plugins above 1: shards made by two versions must not mix."""
+    from degradations import registry
+
+    out = {}
+    for name in registry.names():
+        try:
+            version = registry.get(name).version
+        except Exception:  # noqa: BLE001 - a broken plugin is reported where the mixture loads it
+            continue
+        if version != 1:
+            out[name] = version
+    return out
+
+
 def check_state(store: Store, cfg: CorpusConfig, listing: str, mixture: list, overwrite: bool) -> None:
     """Refuse to mix two configs (or source listings, or plugin sets) in one output unless ``overwrite``."""
-    state = {"config_sha256": cfg.digest(), "sources_sha256": listing, "mixture": [list(m) for m in mixture]}
+    state = {"config_sha256": cfg.digest(), "sources_sha256": listing, "mixture": [list(m) for m in mixture],
+             "plugin_versions": plugin_versions()}
     old = None
     if store.exists(BUILD_STATE):
         old = json.loads(store.read(BUILD_STATE))
@@ -133,7 +149,8 @@ def check_state(store: Store, cfg: CorpusConfig, listing: str, mixture: list, ov
         old = {**state, "config_sha256": Manifest.from_json(store.read(MANIFEST).decode()).config_sha256}
     if old is not None and any(old.get(k) != v for k, v in state.items()):
         what = next(w for k, w in (("config_sha256", "config"), ("sources_sha256", "source listing"),
-                                   ("mixture", "set of installed plugins")) if old.get(k) != state[k])
+                                   ("mixture", "set of installed plugins"),
+                                   ("plugin_versions", "plugin kernel versions")) if old.get(k) != state[k])
         if not overwrite:
             raise BuildError(
                 f"{store.root} holds a corpus built from a different {what} "

@@ -142,7 +142,7 @@ def regenerate(
 
     try:
         res = regen(path, key, _opts())
-    except (SchemaError, OSError, KeyError) as exc:
+    except (SchemaError, OSError, KeyError, ValueError) as exc:  # ValueError: a plugin version changed
         _fail(str(exc))
     for member, same in res.checks.items():
         typer.echo(f"{key}.{member}: {'identical' if same else 'DIFFERENT'}")

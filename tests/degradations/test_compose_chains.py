@@ -106,3 +106,15 @@ def test_lowres_preset_really_is_low_resolution(small_image):
     # The fitted-back input lost the fine detail a 4x down-sampling removes.
     detail = np.abs(np.diff(small_image, axis=1)).mean()
     assert np.abs(np.diff(s.input, axis=1)).mean() < 0.7 * detail
+
+
+def test_plugin_version_is_recorded_and_a_changed_kernel_refuses_to_replay(small_image):
+    s = synthesize(task_for("gaussian_noise"), small_image, np.random.default_rng(0))
+    record = json.loads(json.dumps(s.record()))
+    step = record["steps"][0]
+    assert step["version"] == registry.get("gaussian_noise").version == 2
+    assert "version" not in json.loads(json.dumps(synthesize(task_for("jpeg"), small_image,
+                                                             np.random.default_rng(0)).record()))["steps"][0]
+    step["version"] = 1  # a sample built by the kernel before this one
+    with pytest.raises(ValueError, match="recorded by version 1 .* version 2 is installed"):
+        replay(record, small_image)

@@ -81,3 +81,17 @@ def test_cli_refuses_changed_config_and_inspect_exit_codes(reference, tmp_path):
     (copy / reference.manifest.shards[0].name).write_bytes(b"not a tar")
     bad = omnilv("inspect", str(copy))
     assert bad.returncode == 1 and "MISMATCH" in bad.stdout
+
+
+def test_resume_refuses_shards_of_another_plugin_kernel_version(reference, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(reference.root, copy)
+    state = json.loads((copy / "_build.json").read_text())
+    assert state["plugin_versions"]["gaussian_noise"] == 2
+    state["plugin_versions"]["gaussian_noise"] = 1  # as if built before the faster noise kernel
+    (copy / "_build.json").write_text(json.dumps(state))
+    refused = subprocess.run(cli(copy), env=env(), capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "plugin kernel versions" in refused.stderr, refused.stderr[-2000:]
+
