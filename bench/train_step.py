@@ -5,7 +5,10 @@
 - CPU: samples/s of the tiny model (1 worker, 1 thread) under Ray Train + DeepSpeed ZeRO-0 and ZeRO-2
   vs a bare PyTorch loop on the same model, batch size and corpus; ratio = step time / bare step time
   (target ≤ 1.10); the fraction of step time spent waiting for data (target < 5%). Both sides are
-  measured over the last ``--steps // 3`` steps (after warm-up).
+  measured over the last ``--steps // 3`` steps (after warm-up), in ``--rounds`` interleaved rounds
+  (bare, ZeRO-0, ZeRO-2, bare, …) whose medians are compared: a shared 2-core machine drifts by ±20%
+  between minutes. ``compute_ratio`` uses the time inside the training step only (prepare, forward,
+  backward, optimizer), which isolates the engine's cost from the Ray worker around it.
 - FLOPs per training sample (forward + backward) measured with ``torch.utils.flop_counter.FlopCounterMode``
   on meta tensors for the tiny, stage1 (2B @512²) and stage3 (2B @1024²) configs; the cluster planner
   reads these instead of typed constants.
@@ -18,6 +21,7 @@ import argparse
 import io
 import json
 import os
+import statistics
 import sys
 import tarfile
 import tempfile
@@ -105,7 +109,11 @@ def ray_run(cfg) -> dict[str, float]:
 
     m = train(cfg, progress=False).metrics
     return {"step_s": cfg.data.batch_size / m["samples_per_s"], "samples_per_s": m["samples_per_s"],
-            "data_wait_fraction": m["data_wait_fraction"]}
+            "compute_s": m["compute_s_per_micro_step"], "data_wait_fraction": m["data_wait_fraction"]}
+
+
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
 def flops_per_sample(preset: str, latent: int, channels: int, text_dim: int) -> float:
@@ -163,6 +171,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "train_step.json"))
     args = ap.parse_args()
     from training.trainer import ensure_ray
@@ -171,11 +180,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         corpus = write_corpus(Path(tmp) / "corpus")
         base = bench_config(corpus, Path(tmp) / "runs", 0, args.steps, args.batch)
+        runs: dict[str, list[dict[str, float]]] = {"bare": [], "ray_deepspeed_zero0": [], "ray_deepspeed_zero2": []}
+        for i in range(args.rounds):
+            runs["bare"].append(bare_loop(base, args.steps))
+            for zero in (0, 2):
+                cfg = bench_config(corpus, Path(tmp) / "runs", zero, args.steps, args.batch)
+                cfg.stage.name = f"bench_zero{zero}_{i}"
+                runs[f"ray_deepspeed_zero{zero}"].append(ray_run(cfg))
+            print(f"round {i + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]['step_s'] * 1e3:.1f} ms"
+                                                              for k, v in runs.items()), flush=True)
         cpu: dict = {"batch_size": args.batch, "resolution": 32, "preset": "tiny", "steps": args.steps,
-                     "bare": bare_loop(base, args.steps)}
+                     "rounds": args.rounds, "bare": median_of(runs["bare"])}
         for zero in (0, 2):
-            r = ray_run(bench_config(corpus, Path(tmp) / "runs", zero, args.steps, args.batch))
+            r = median_of(runs[f"ray_deepspeed_zero{zero}"])
             r["step_time_ratio_vs_bare"] = r["step_s"] / cpu["bare"]["step_s"]
+            r["compute_ratio_vs_bare"] = r["compute_s"] / cpu["bare"]["step_s"]
+            r["per_round_step_ratios"] = [round(a["step_s"] / b["step_s"], 3) for a, b in
+                                          zip(runs[f"ray_deepspeed_zero{zero}"], runs["bare"], strict=True)]
             cpu[f"ray_deepspeed_zero{zero}"] = r
     flops = {"tiny": flops_per_sample("tiny", 32, 3, 32), "stage1_512": flops_per_sample("2b", 64, 4, 2304),
              "stage3_1024": flops_per_sample("2b", 128, 4, 2304)}

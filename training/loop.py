@@ -134,7 +134,8 @@ class _Run:
         dt = time.perf_counter() - self.t_mark
         metrics = {"step": step, "loss": sum(self.losses) / len(self.losses), "samples_per_s": self.samples / dt,
                    "data_wait_fraction": self.wait / max(self.wait + self.busy, 1e-9),
-                   "exemplar_fraction": self.exemplars / max(self.samples, 1), **self.constant, **self.extra}
+                   "exemplar_fraction": self.exemplars / max(self.samples, 1),
+                   "compute_s_per_micro_step": self.busy / max(len(self.losses), 1), **self.constant, **self.extra}
         _report(self.cfg, self.engine, step, self.rank, metrics, self.board, self.writer, self.ema)
         self._reset()
 
