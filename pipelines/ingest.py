@@ -97,14 +97,18 @@ def _rng(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, int(hashlib.sha1(key.encode()).hexdigest()[:12], 16)])
 
 
-class DecodeCrop:
-    """Raw rows -> float32 (H, W, 3) images in [0, 1], one crop box per (input, target) pair."""
+class RowDecoder:
+    """A ``map_batches`` stage that decodes rows one by one: members the whitelist dropped and rows whose
+    decoding raises one of :attr:`errors` are counted by reason in the :class:`SkipLedger`, never fatal."""
 
-    def __init__(self, sizes: list[tuple[int, int]], random_crop: bool, use_exemplars: bool, seed: int,
-                 ledger: Any = None) -> None:
-        cv2.setNumThreads(1)  # one thread per task: the train workers own the cores
-        self.sizes, self.random_crop, self.use_exemplars = [tuple(s) for s in sizes], random_crop, use_exemplars
-        self.seed, self.ledger = seed, ledger
+    errors: tuple[type[Exception], ...] = (SchemaError,)
+    ledger: Any = None
+
+    def reason(self, exc: Exception) -> str:
+        return skip_reason(exc)
+
+    def _one(self, row: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         counts: Counter = Counter()
@@ -114,11 +118,21 @@ class DecodeCrop:
                 counts[f"member:{ext}"] += 1
             try:
                 rows.append(self._one({c: batch[c][i] for c in batch}))
-            except SchemaError as exc:
-                counts[f"corrupt:{skip_reason(exc)}"] += 1
+            except self.errors as exc:
+                counts[f"corrupt:{self.reason(exc)}"] += 1
         if self.ledger is not None and counts:
             self.ledger.add.remote(dict(counts))
-        return _stack(rows)
+        return stack_rows(rows)
+
+
+class DecodeCrop(RowDecoder):
+    """Raw rows -> float32 (H, W, 3) images in [0, 1], one crop box per (input, target) pair."""
+
+    def __init__(self, sizes: list[tuple[int, int]], random_crop: bool, use_exemplars: bool, seed: int,
+                 ledger: Any = None) -> None:
+        cv2.setNumThreads(1)  # one thread per task: the train workers own the cores
+        self.sizes, self.random_crop, self.use_exemplars = [tuple(s) for s in sizes], random_crop, use_exemplars
+        self.seed, self.ledger = seed, ledger
 
     def _one(self, row: dict[str, Any]) -> dict[str, Any]:
         members = {"__key__": row["key"]}
@@ -140,7 +154,8 @@ class DecodeCrop:
                 "ref_mask": np.bool_(has_ref), "bucket": np.int32(bucket)}
 
 
-def _stack(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+def stack_rows(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Decoded rows -> a numpy batch (images stacked, ragged ones as object arrays, strings as objects)."""
     if not rows:
         return {"key": np.array([], dtype=object), "txt": np.array([], dtype=object)}
     out: dict[str, np.ndarray] = {}
@@ -162,7 +177,7 @@ def _ragged(vals: list[np.ndarray]) -> np.ndarray:
     return arr
 
 
-def _filesystem(url: str):
+def filesystem(url: str):
     """pyarrow filesystem for a URL through fsspec (s3fs honours AWS_ENDPOINT_URL); None for local paths."""
     if "://" not in url or url.startswith("file://"):
         return None
@@ -178,7 +193,7 @@ def read_corpus(corpus: str, sizes: list[tuple[int, int]], *, random_crop: bool 
     urls = shard_urls(corpus)
     if not urls:
         raise SchemaError(f"{corpus}: the manifest lists no shards")
-    fs = _filesystem(urls[0])
+    fs = filesystem(urls[0])
     if fs is not None:
         urls = [u.split("://", 1)[1] for u in urls]
     ds = ray.data.read_webdataset(urls, filesystem=fs, decoder=WhitelistDecoder(), num_cpus=read_cpus,

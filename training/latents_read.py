@@ -9,14 +9,13 @@ corpus reader's :class:`pipelines.ingest.WhitelistDecoder` keeps only the cache'
 from __future__ import annotations
 
 import json
-from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import fsspec
 import numpy as np
 import ray
 
-from pipelines.ingest import WhitelistDecoder, _filesystem, _stack
+from pipelines.ingest import RowDecoder, WhitelistDecoder, filesystem
 from pipelines.read import join, load_manifest, shard_urls
 from pipelines.schema import JSON
 from pipelines.storage import s3_options
@@ -66,25 +65,16 @@ def check_fits(meta: dict[str, Any], root: str, *, codec: str, text: str, sizes:
                                + ". Rebuild it with `omnilv cache-latents` from this config, or change the config.")
 
 
-class DecodeLatents:
+class DecodeLatents(RowDecoder):
     """Raw cache rows -> float32 arrays: x1, cond, ref_*, text padded to the cache's ``text_len`` + mask."""
+
+    errors = (CorruptMember,)
 
     def __init__(self, text_len: int, ledger: Any = None) -> None:
         self.text_len, self.ledger = text_len, ledger
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        counts: Counter = Counter()
-        rows = []
-        for i in range(len(batch["key"])):
-            for ext in filter(None, str(batch["skipped"][i]).split(",")):
-                counts[f"member:{ext}"] += 1
-            try:
-                rows.append(self._one({c: batch[c][i] for c in batch}))
-            except CorruptMember as exc:
-                counts[f"corrupt:{exc.member}"] += 1
-        if self.ledger is not None and counts:
-            self.ledger.add.remote(dict(counts))
-        return _stack(rows)
+    def reason(self, exc: Exception) -> str:
+        return str(exc.member) if isinstance(exc, CorruptMember) else type(exc).__name__
 
     def _one(self, row: dict[str, Any]) -> dict[str, Any]:
         for m, c in COLUMNS.items():
@@ -120,7 +110,7 @@ def read_latents(root: str, *, read_cpus: float = 0.25, max_tasks: int = 2, ledg
     urls = shard_urls(root, manifest)
     if not urls:
         raise LatentCacheError(f"{root}: the manifest lists no shards")
-    fs = _filesystem(urls[0])
+    fs = filesystem(urls[0])
     if fs is not None:
         urls = [u.split("://", 1)[1] for u in urls]
     ds = ray.data.read_webdataset(urls, filesystem=fs, decoder=WhitelistDecoder(COLUMNS), num_cpus=read_cpus,
