@@ -122,6 +122,8 @@ class RunSection(_Section):
     """Checkpoints kept on storage (the newest)."""
     export: bool = True
     """Export the final model (diffusers-style folder) at the end of the run."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    """Log level of Ray Train and the train workers (INFO prints every report and checkpoint)."""
     fail_at_step: int = Field(0, ge=0)
     """Test-only: worker rank 1 kills itself once at this step (0: never); proves failure recovery."""
 

@@ -10,6 +10,7 @@ a resume loads it only when every rank's marker is there (:mod:`training.checkpo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -34,6 +35,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import deepspeed
 
     cfg = TrainConfig.model_validate(loop_config["cfg"])
+    # Ray Train's per-report and per-checkpoint messages come from loggers named by file path, outside
+    # "ray.train", so RunConfig's LoggingConfig does not reach them: set the worker's root level too.
+    logging.getLogger().setLevel(cfg.run.log_level)
     for k, v in loop_config.get("env", {}).items():
         os.environ.setdefault(k, v)
     ctx = ray.train.get_context()

@@ -20,6 +20,7 @@ import numpy as np
 from training.config import TrainConfig, load_train_config
 
 TASKS = ("gaussian_noise", "speckle_noise", "salt_pepper_noise")
+ZOOM = 4  # the 32-pixel crops are too small to judge by eye
 HELD_OUT_EVERY = 6  # every 6th bundled photo (sorted by name) is held out: 3 of 19
 
 
@@ -70,7 +71,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def evaluate(export: str, heldout: str, out: Path, steps: int = 2) -> list[Row]:
-    """Restore every held-out sample; writes side-by-side PNGs (degraded | restored | clean) under ``out``."""
+    """Restore every held-out sample; writes side-by-side PNGs (degraded | restored | clean) under ``out``, one per
+    sample and all of them in ``sheet.png``, enlarged ×:data:`ZOOM` (nearest neighbour: every pixel as it is)."""
     import torch
 
     from pipelines.read import iter_samples
@@ -79,13 +81,17 @@ def evaluate(export: str, heldout: str, out: Path, steps: int = 2) -> list[Row]:
 
     torch.manual_seed(0)
     restorer = Restorer.from_export(export)
-    rows, out = [], Path(out)
+    rows, strips, out = [], [], Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for i, s in enumerate(iter_samples(heldout)):
         restored = restorer.restore(s.input, s.instruction, steps=steps, seed=i)
         task = str(s.meta.get("task", "?"))
         rows.append(Row(task, psnr(s.input, s.target), psnr(restored, s.target)))
-        (out / f"{i:02d}_{task}.png").write_bytes(encode_png(np.concatenate([s.input, restored, s.target], 1)))
+        strip = np.concatenate([s.input, restored, s.target], 1).repeat(ZOOM, 0).repeat(ZOOM, 1)
+        (out / f"{i:02d}_{task}.png").write_bytes(encode_png(strip))
+        strips.append(np.pad(strip, ((0, 4), (0, 0), (0, 0)), constant_values=1.0))
+    if strips:
+        (out / "sheet.png").write_bytes(encode_png(np.concatenate(strips, 0)))
     return rows
 
 

@@ -60,7 +60,7 @@ def forwarded_env() -> dict[str, str]:
 
 def make_trainer(cfg: TrainConfig, board: Any = None, ledger: Any = None):
     """The configured ``TorchTrainer`` (not started)."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from pipelines.ingest import read_corpus
@@ -88,7 +88,8 @@ def make_trainer(cfg: TrainConfig, board: Any = None, ledger: Any = None):
         torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
         run_config=RunConfig(name=cfg.run_name, storage_path=storage, storage_filesystem=filesystem,
                              failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+                             logging_config=LoggingConfig(log_level=cfg.run.log_level)),
         datasets={"train": ds},
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
