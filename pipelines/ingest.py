@@ -188,11 +188,16 @@ def filesystem(url: str):
 
 
 def read_corpus(corpus: str, sizes: list[tuple[int, int]], *, random_crop: bool = True, use_exemplars: bool = False,
-                seed: int = 0, read_cpus: float = 0.25, max_tasks: int = 2, ledger: Any = None) -> ray.data.Dataset:
-    """The training dataset of ``corpus``: rows {key, txt, task, input, target, ref_*, ref_mask, bucket}."""
-    urls = shard_urls(corpus)
+                seed: int = 0, read_cpus: float = 0.25, max_tasks: int = 2, ledger: Any = None,
+                skip_shards: int = 0) -> ray.data.Dataset:
+    """The training dataset of ``corpus``: rows {key, txt, task, input, target, ref_*, ref_mask, bucket}.
+
+    ``skip_shards`` leaves out the manifest's first shards (a resumed run's rest of an epoch).
+    """
+    urls = shard_urls(corpus)[skip_shards:]
     if not urls:
-        raise SchemaError(f"{corpus}: the manifest lists no shards")
+        raise SchemaError(f"{corpus}: the manifest lists no shards" + (f" after the first {skip_shards}"
+                                                                     if skip_shards else ""))
     fs = filesystem(urls[0])
     if fs is not None:
         urls = [u.split("://", 1)[1] for u in urls]

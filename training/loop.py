@@ -57,6 +57,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                board=loop_config.get("board") if rank == 0 else None, writer=_Board(cfg) if rank == 0 else None)
     run.ema = ema
     run.constant.update(resumed_from=step, init_checksum=checksum, world_size=world)
+    resume = loop_config.get("resume") or {}
+    if resume.get("shards") and resume.get("step") == step:  # not after a worker restart at another step
+        run.first_pass = "resume"
+        run.constant.update(resume_skipped_shards=resume["shards"], resume_skipped_samples=resume["samples"])
     run.train(step)
     export_final(cfg, engine, rank, ema)
     if run.writer is not None:
@@ -72,6 +76,7 @@ class _Run:
         self.extra: dict[str, Any] = {}
         self.fixed: dict[str, torch.Tensor] | None = None
         self.ema: RankEMA | None = None
+        self.first_pass = "train"  # "resume": the rest of an interrupted epoch (trainer.resume_plan)
         self._reset()
 
     def _reset(self) -> None:
@@ -81,9 +86,10 @@ class _Run:
         self.t_mark = time.perf_counter()
 
     def train(self, step: int) -> int:
-        cfg, shard = self.cfg, ray.train.get_dataset_shard("train")
+        cfg, name = self.cfg, self.first_pass
         micro = 0
         while step < cfg.schedule.steps:
+            shard = ray.train.get_dataset_shard(name)
             it, got = iter(iter_batches(shard, cfg.data.batch_size, len(cfg.data.sizes))), False
             while step < cfg.schedule.steps:
                 t0 = time.perf_counter()
@@ -100,6 +106,9 @@ class _Run:
                     self.ema.update()
                 maybe_fail(cfg, self.rank, step)
                 self._after_step(step)
+            if not got and name == "resume":  # this worker's share of the epoch's rest was under one batch
+                got = True
+            name = "train"
             if not got:
                 raise RuntimeError(f"{cfg.data.latents or cfg.data.corpus}: this worker's dataset shard has no full "
                                    f"batch of {cfg.data.batch_size}; the corpus is too small for {cfg.run.workers} "

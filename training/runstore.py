@@ -54,6 +54,16 @@ def exists(path: str) -> bool:
     return bool(_fs(path).exists(path))
 
 
+def read_text(path: str) -> str | None:
+    """A small local or remote text file, or None when it does not exist."""
+    try:
+        if not is_remote(path):
+            return Path(path.removeprefix("file://")).read_text()
+        return _fs(path).cat_file(path).decode()
+    except FileNotFoundError:
+        return None
+
+
 def upload_dir(local: str | Path, url: str) -> None:
     """Copy the files under ``local`` to ``url`` (same relative names), :data:`LAST` after all others."""
     from pipelines.storage import with_retries

@@ -7,6 +7,7 @@ progress bar fed by a tiny :class:`ProgressBoard` actor that rank 0 updates.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -17,7 +18,7 @@ import ray
 
 from training.config import TrainConfig
 from training.loop import export_dir, train_loop_per_worker
-from training.runstore import ray_storage
+from training.runstore import join, ray_storage, read_text
 
 
 @ray.remote(num_cpus=0)
@@ -58,6 +59,38 @@ def forwarded_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
 
 
+def committed_step(cfg: TrainConfig) -> int:
+    """The step of the run's newest committed checkpoint (what a rerun resumes from), 0 if none."""
+    text = read_text(join(cfg.run.storage_path, cfg.run_name, "checkpoint_manager_snapshot.json"))
+    if not text:
+        return 0
+    try:
+        results = json.loads(text).get("checkpoint_results", [])
+        return max((int(r.get("metrics", {}).get("step", 0)) for r in results), default=0)
+    except (ValueError, AttributeError, TypeError):
+        return 0  # an unreadable snapshot only costs the resume its data position, never the run
+
+
+def resume_plan(cfg: TrainConfig) -> dict[str, int]:
+    """Where a rerun picks up the data: whole manifest shards already read in the interrupted epoch are left
+    out of its first pass. Approximate (Ray Data reads shards concurrently), but a run that is stopped and
+    rerun many times no longer reads the corpus's first shards again each time. Pixel corpora only."""
+    step = committed_step(cfg)
+    plan = {"step": step, "shards": 0, "samples": 0}
+    if not step or cfg.data.latents:
+        return plan
+    from pipelines.read import load_manifest
+
+    counts = [s.samples for s in load_manifest(cfg.data.corpus).shards]
+    offset = step * cfg.global_batch % max(sum(counts), 1)
+    for n in counts[:-1]:  # always keep at least one shard
+        if plan["samples"] + n > offset:
+            break
+        plan["shards"] += 1
+        plan["samples"] += n
+    return plan
+
+
 def make_trainer(cfg: TrainConfig, board: Any = None, ledger: Any = None):
     """The configured ``TorchTrainer`` (not started)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -77,12 +110,18 @@ def make_trainer(cfg: TrainConfig, board: Any = None, ledger: Any = None):
     else:
         ds = read_corpus(d.corpus, d.sizes, random_crop=d.random_crop, use_exemplars=d.use_exemplars,
                          seed=cfg.run.seed, read_cpus=d.read_cpus, max_tasks=d.max_read_tasks, ledger=ledger)
+    datasets, resume = {"train": ds}, resume_plan(cfg)
+    if resume["shards"]:  # the rest of the interrupted epoch first, then full epochs
+        datasets["resume"] = read_corpus(d.corpus, d.sizes, random_crop=d.random_crop, use_exemplars=d.use_exemplars,
+                                         seed=cfg.run.seed, read_cpus=d.read_cpus, max_tasks=d.max_read_tasks,
+                                         ledger=ledger, skip_shards=resume["shards"])
     if d.materialize:
-        ds = ds.materialize()
+        datasets = {k: v.materialize() for k, v in datasets.items()}
     storage, filesystem = ray_storage(cfg.run.storage_path)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "board": board, "env": forwarded_env()},
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "board": board, "env": forwarded_env(),
+                           "resume": resume},
         scaling_config=ScalingConfig(num_workers=cfg.run.workers, use_gpu=cfg.run.use_gpu,
                                      resources_per_worker={"CPU": cfg.run.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
@@ -90,8 +129,8 @@ def make_trainer(cfg: TrainConfig, board: Any = None, ledger: Any = None):
                              failure_config=FailureConfig(max_failures=cfg.run.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
                              logging_config=LoggingConfig(log_level=cfg.run.log_level)),
-        datasets={"train": ds},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=list(datasets)),
     )
 
 

@@ -117,3 +117,31 @@ def test_stage2_starts_from_stage1_weights_with_exemplars(stage1, tiny_corpus, t
     assert m["init_checksum"] == pytest.approx(want, rel=1e-9)
     assert m["resumed_from"] == 0 and m["step"] == 2
     assert m["exemplar_fraction"] == 1.0  # every tiny-corpus sample carries an exemplar pair
+
+
+def test_resume_plan_skips_whole_shards_already_read_this_epoch(tiny_corpus, tmp_path):
+    import json
+
+    from training.trainer import resume_plan
+
+    snapshot = tmp_path / "rp" / "checkpoint_manager_snapshot.json"
+    snapshot.parent.mkdir()
+    cfg = tiny_cfg(tiny_corpus, tmp_path, "rp", run={"workers": 1})  # global batch 4; shards of 16 + 16
+    assert resume_plan(cfg) == {"step": 0, "shards": 0, "samples": 0}
+    for step, shards in ((3, 0), (4, 1), (7, 1), (8, 0), (12, 1)):  # 32 samples an epoch
+        snapshot.write_text(json.dumps({"checkpoint_results": [{"metrics": {"step": 2}},
+                                                               {"metrics": {"step": step}}]}))
+        assert resume_plan(cfg) == {"step": step, "shards": shards, "samples": 16 * shards}, step
+    snapshot.write_text("{not json")
+    assert resume_plan(cfg)["shards"] == 0  # an unreadable snapshot costs only the data position
+
+
+def test_rerun_reads_the_rest_of_the_interrupted_epoch_first(ray_local, tiny_corpus, tmp_path):
+    cfg = tiny_cfg(tiny_corpus, tmp_path, "rerun", schedule={"steps": 4, "checkpoint_every": 4, "eval_every": 0},
+                   run={"workers": 1, "cpus_per_worker": 1, "export": False})
+    assert "resume_skipped_shards" not in train(cfg, progress=False).metrics
+    more = tiny_cfg(tiny_corpus, tmp_path, "rerun", schedule={"steps": 9, "checkpoint_every": 4, "eval_every": 0},
+                    run={"workers": 1, "cpus_per_worker": 1, "export": False})
+    m = train(more, progress=False).metrics  # 16 read: shard 1's 4 batches (steps 5-8), then a full epoch
+    assert m["resumed_from"] == 4 and m["step"] == 9
+    assert m["resume_skipped_shards"] == 1 and m["resume_skipped_samples"] == 16
