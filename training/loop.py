@@ -106,13 +106,11 @@ class _Run:
                     self.ema.update()
                 maybe_fail(cfg, self.rank, step)
                 self._after_step(step)
-            if not got and name == "resume":  # this worker's share of the epoch's rest was under one batch
-                got = True
-            name = "train"
-            if not got:
+            if not got and name == "train":  # (an epoch's rest may well be under one batch per worker)
                 raise RuntimeError(f"{cfg.data.latents or cfg.data.corpus}: this worker's dataset shard has no full "
                                    f"batch of {cfg.data.batch_size}; the corpus is too small for {cfg.run.workers} "
                                    "worker(s)")
+            name = "train"
         return step
 
     def _micro_step(self, batch: dict[str, Any]) -> None:

@@ -91,32 +91,39 @@ def resume_plan(cfg: TrainConfig) -> dict[str, int]:
     return plan
 
 
+def make_datasets(cfg: TrainConfig, ledger: Any = None) -> tuple[dict[str, Any], dict[str, int]]:
+    """({"train": every sample[, "resume": the interrupted epoch's unread shards]}, the resume plan)."""
+    from functools import partial
+
+    from pipelines.ingest import read_corpus
+
+    d = cfg.data
+    if d.latents:  # already encoded: checked against this config's codec/text/sizes, then read
+        from training.latents_read import training_dataset
+
+        datasets = {"train": training_dataset(cfg, ledger)}
+    else:
+        read = partial(read_corpus, d.corpus, d.sizes, random_crop=d.random_crop, use_exemplars=d.use_exemplars,
+                       seed=cfg.run.seed, read_cpus=d.read_cpus, max_tasks=d.max_read_tasks, ledger=ledger)
+        datasets = {"train": read()}
+    resume = resume_plan(cfg)
+    if resume["shards"]:  # the rest of the interrupted epoch first, then full epochs
+        datasets["resume"] = read(skip_shards=resume["shards"])
+    if d.materialize:
+        datasets = {k: v.materialize() for k, v in datasets.items()}
+    return datasets, resume
+
+
 def make_trainer(cfg: TrainConfig, board: Any = None, ledger: Any = None):
     """The configured ``TorchTrainer`` (not started)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipelines.ingest import read_corpus
-
     if not cfg.data.corpus and not cfg.data.latents:
         raise ValueError("data.corpus is empty: point it at a corpus folder or s3:// prefix (--set data.corpus=…)")
-    d = cfg.data
     # Our own progress bar reports training; Ray Data's per-operator bars would interleave with it.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    if d.latents:  # already encoded: checked against this config's codec/text/sizes, then read
-        from training.latents_read import training_dataset
-
-        ds = training_dataset(cfg, ledger)
-    else:
-        ds = read_corpus(d.corpus, d.sizes, random_crop=d.random_crop, use_exemplars=d.use_exemplars,
-                         seed=cfg.run.seed, read_cpus=d.read_cpus, max_tasks=d.max_read_tasks, ledger=ledger)
-    datasets, resume = {"train": ds}, resume_plan(cfg)
-    if resume["shards"]:  # the rest of the interrupted epoch first, then full epochs
-        datasets["resume"] = read_corpus(d.corpus, d.sizes, random_crop=d.random_crop, use_exemplars=d.use_exemplars,
-                                         seed=cfg.run.seed, read_cpus=d.read_cpus, max_tasks=d.max_read_tasks,
-                                         ledger=ledger, skip_shards=resume["shards"])
-    if d.materialize:
-        datasets = {k: v.materialize() for k, v in datasets.items()}
+    datasets, resume = make_datasets(cfg, ledger)
     storage, filesystem = ray_storage(cfg.run.storage_path)
     return TorchTrainer(
         train_loop_per_worker,
