@@ -20,9 +20,16 @@ _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def clip01(img: np.ndarray) -> np.ndarray:
-    """Clip in place to [0, 1] and return float32 C-contiguous."""
+    """Clip in place to [0, 1] and return float32 C-contiguous.
+
+    Two in-place OpenCV thresholds (min with 1, then max with 0) where OpenCV takes the array: the same values
+    as ``np.clip`` (-0.0 comes out as +0.0) in about half its time on a 512² RGB image.
+    """
     img = np.ascontiguousarray(img, dtype=np.float32)
-    return np.clip(img, 0.0, 1.0, out=img)
+    if img.ndim > 3 or img.size == 0 or (img.ndim == 3 and img.shape[2] > 4):
+        return np.clip(img, 0.0, 1.0, out=img)
+    cv2.threshold(img, 1.0, 1.0, cv2.THRESH_TRUNC, dst=img)
+    return cv2.threshold(img, 0.0, 0.0, cv2.THRESH_TOZERO, dst=img)[1]
 
 
 def luminance(img: np.ndarray) -> np.ndarray:
@@ -103,7 +110,7 @@ def add_gaussian_noise(img: np.ndarray, sigma: float, gray: bool, rng: np.random
     h, w, _ = img.shape
     out = gray3(normal((h, w), rng, scale=sigma)) if gray else normal(img.shape, rng, scale=sigma)
     cv2.add(out, img, dst=out)  # in place: no temporaries
-    return np.clip(out, 0.0, 1.0, out=out)
+    return clip01(out)
 
 
 #: Below this many expected photons a pixel draws exact Poisson counts; above, the normal approximation
