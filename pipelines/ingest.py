@@ -202,7 +202,8 @@ def read_corpus(corpus: str, sizes: list[tuple[int, int]], *, random_crop: bool 
     if fs is not None:
         urls = [u.split("://", 1)[1] for u in urls]
     ds = ray.data.read_webdataset(urls, filesystem=fs, decoder=WhitelistDecoder(), num_cpus=read_cpus,
-                                  concurrency=max_tasks, override_num_blocks=len(urls), file_extensions=None)
+                                  concurrency=min(max_tasks, len(urls)), override_num_blocks=len(urls),
+                                  file_extensions=None)
     return ds.map_batches(DecodeCrop, fn_constructor_kwargs=dict(
         sizes=sizes, random_crop=random_crop, use_exemplars=use_exemplars, seed=seed, ledger=ledger),
         batch_size=16, batch_format="numpy", num_cpus=read_cpus,

@@ -101,28 +101,31 @@ class DecodeLatents(RowDecoder):
 
 
 def read_latents(root: str, *, read_cpus: float = 0.25, max_tasks: int = 2, ledger: Any = None,
-                 meta: dict[str, Any] | None = None) -> ray.data.Dataset:
-    """The cache's rows {key, txt, task, x1, cond, ref_input, ref_target, ref_mask, text, text_mask, bucket}."""
+                 meta: dict[str, Any] | None = None, skip_shards: int = 0) -> ray.data.Dataset:
+    """The cache's rows {key, txt, task, x1, cond, ref_input, ref_target, ref_mask, text, text_mask, bucket};
+    ``skip_shards`` leaves out the manifest's first shards (a resumed run's rest of an epoch)."""
     meta = meta or load_meta(root)
     manifest = load_manifest(root)
     if manifest.extra.get("kind") != KIND:
         raise LatentCacheError(f"{root}: manifest.json is not a latent cache's (is this a corpus? use data.corpus)")
-    urls = shard_urls(root, manifest)
+    urls = shard_urls(root, manifest)[skip_shards:]
     if not urls:
         raise LatentCacheError(f"{root}: the manifest lists no shards")
     fs = filesystem(urls[0])
     if fs is not None:
         urls = [u.split("://", 1)[1] for u in urls]
     ds = ray.data.read_webdataset(urls, filesystem=fs, decoder=WhitelistDecoder(COLUMNS), num_cpus=read_cpus,
-                                  concurrency=max_tasks, override_num_blocks=len(urls), file_extensions=None)
+                                  concurrency=min(max_tasks, len(urls)), override_num_blocks=len(urls),
+                                  file_extensions=None)
     return ds.map_batches(DecodeLatents, fn_constructor_kwargs=dict(text_len=int(meta["text_len"]), ledger=ledger),
                           batch_size=16, batch_format="numpy", num_cpus=read_cpus,
                           compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max_tasks))
 
 
-def training_dataset(cfg: TrainConfig, ledger: Any = None) -> ray.data.Dataset:
+def training_dataset(cfg: TrainConfig, ledger: Any = None, skip_shards: int = 0) -> ray.data.Dataset:
     """``cfg.data.latents`` checked against the config (codec, text, sizes, exemplars), then read."""
     d = cfg.data
     meta = load_meta(d.latents)
     check_fits(meta, d.latents, codec=cfg.codec, text=cfg.text, sizes=d.sizes, use_exemplars=d.use_exemplars)
-    return read_latents(d.latents, read_cpus=d.read_cpus, max_tasks=d.max_read_tasks, ledger=ledger, meta=meta)
+    return read_latents(d.latents, read_cpus=d.read_cpus, max_tasks=d.max_read_tasks, ledger=ledger, meta=meta,
+                        skip_shards=skip_shards)

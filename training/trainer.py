@@ -74,14 +74,14 @@ def committed_step(cfg: TrainConfig) -> int:
 def resume_plan(cfg: TrainConfig) -> dict[str, int]:
     """Where a rerun picks up the data: whole manifest shards already read in the interrupted epoch are left
     out of its first pass. Approximate (Ray Data reads shards concurrently), but a run that is stopped and
-    rerun many times no longer reads the corpus's first shards again each time. Pixel corpora only."""
+    rerun many times no longer reads the corpus's (or latent cache's) first shards again each time."""
     step = committed_step(cfg)
     plan = {"step": step, "shards": 0, "samples": 0}
-    if not step or cfg.data.latents:
+    if not step:
         return plan
     from pipelines.read import load_manifest
 
-    counts = [s.samples for s in load_manifest(cfg.data.corpus).shards]
+    counts = [s.samples for s in load_manifest(cfg.data.latents or cfg.data.corpus).shards]
     offset = step * cfg.global_batch % max(sum(counts), 1)
     for n in counts[:-1]:  # always keep at least one shard
         if plan["samples"] + n > offset:
@@ -101,12 +101,11 @@ def make_datasets(cfg: TrainConfig, ledger: Any = None) -> tuple[dict[str, Any],
     if d.latents:  # already encoded: checked against this config's codec/text/sizes, then read
         from training.latents_read import training_dataset
 
-        datasets = {"train": training_dataset(cfg, ledger)}
+        read = partial(training_dataset, cfg, ledger)
     else:
         read = partial(read_corpus, d.corpus, d.sizes, random_crop=d.random_crop, use_exemplars=d.use_exemplars,
                        seed=cfg.run.seed, read_cpus=d.read_cpus, max_tasks=d.max_read_tasks, ledger=ledger)
-        datasets = {"train": read()}
-    resume = resume_plan(cfg)
+    datasets, resume = {"train": read()}, resume_plan(cfg)
     if resume["shards"]:  # the rest of the interrupted epoch first, then full epochs
         datasets["resume"] = read(skip_shards=resume["shards"])
     if d.materialize:

@@ -234,3 +234,23 @@ def test_cli_help_teaches_and_errors_are_for_people(tiny_corpus, tmp_path):
     res = runner.invoke(app, ["cache-latents", "configs/train/tiny_stage1.yaml", "--set", f"data.corpus={tiny_corpus}",
                               "--set", f"codec={tmp_path / 'no-vae'}", "--out", str(tmp_path / "c")])
     assert res.exit_code == 2 and "not an AutoencoderKL folder" in res.output
+
+
+def test_resume_plan_counts_the_cache_shards(cache, vae_dir, tmp_path):
+    """A rerun on a latent cache leaves out the cache shards its interrupted epoch already read."""
+    import json
+
+    from training.trainer import make_datasets, resume_plan
+
+    out, _ = cache
+    counts = [s.samples for s in load_manifest(str(out)).shards]
+    cfg = load_train_config({
+        "codec": str(vae_dir), "text": "tiny", "data": {"latents": str(out), "resolution": SIZE, "batch_size": 4},
+        "stage": {"name": "lr"}, "run": {"workers": 1, "storage_path": str(tmp_path)}})
+    (tmp_path / "lr").mkdir()
+    step = -(-counts[0] // 4)  # the first whole step past the first cache shard
+    (tmp_path / "lr" / "checkpoint_manager_snapshot.json").write_text(
+        json.dumps({"checkpoint_results": [{"metrics": {"step": step}}]}))
+    assert resume_plan(cfg) == {"step": step, "shards": 1, "samples": counts[0]}
+    datasets, _ = make_datasets(cfg)
+    assert datasets["resume"].count() == sum(counts[1:]) and datasets["train"].count() == sum(counts)
