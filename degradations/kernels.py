@@ -167,7 +167,7 @@ def add_iso_noise(img: np.ndarray, intensity: float, color_shift: float, rng: np
     chroma = cv2.resize(normal((ch, cw, 3), rng, scale=color_shift), (w, h), interpolation=cv2.INTER_LINEAR)
     cv2.add(chroma, img, dst=chroma)
     cv2.add(chroma, gray3(lum), dst=chroma)
-    return np.clip(chroma, 0.0, 1.0, out=chroma)
+    return clip01(chroma)
 
 
 # -- lens and light ------------------------------------------------------------------------------------

@@ -46,7 +46,6 @@ ARRAYS = ("target", "input", "ref_input", "ref_target", "text")
 NPY_MAGIC = b"\x93NUMPY"
 
 
-
 class LatentCacheError(ValueError):
     """A latent cache is missing, corrupt, or does not fit the training config; the message says what to do."""
 
