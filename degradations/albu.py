@@ -33,7 +33,7 @@ class Spatter(Degradation):
     """Raindrops or mud spatter on the lens (albumentations ``Spatter``)."""
 
     domain = "restoration"
-    version = 2  # faster noise/draws: same distribution, other pixels than version 1
+    version = 3  # v2: faster normals; v3: SplitMix64 bits keyed from rng. Same distribution, other pixels
     instructions = ("Remove the {mode} drops from this photo.", "Clean the lens spatter off this image.",
                     "Remove the raindrops and smudges from this picture.")
     mode_choices: tuple[str, ...] = allowed(("rain", "mud"))

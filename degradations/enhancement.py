@@ -17,7 +17,7 @@ class LowLight(Degradation):
     """A dark, noisy capture: gamma darkening, reduced gain, then sensor noise."""
 
     domain = "enhancement"
-    version = 2  # faster noise/draws: same distribution, other pixels than version 1
+    version = 3  # v2: faster normals; v3: SplitMix64 bits keyed from rng. Same distribution, other pixels
     instructions = ("Enhance this low-light photo.", "Brighten this dark image and remove its noise.",
                     "Make this night shot look like it was taken in good light.",
                     "Correct this underlit image (light level {gain:.2f}).")

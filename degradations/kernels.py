@@ -69,13 +69,20 @@ def _lut16() -> bool:
         return False
 
 
-def random_u16(n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` uniform uint16 draws: the raw 64-bit words of ``rng``'s bit generator split in four.
+def random_key(rng: np.random.Generator) -> np.uint64:
+    """One 64-bit word of ``rng``: the key of a SplitMix64 stream (:mod:`degradations.jit`)."""
+    return np.uint64(rng.bit_generator.random_raw())
 
-    Four times fewer generator calls than ``rng.integers(dtype=np.uint16)``, still drawing only from ``rng``
-    (little-endian byte order, as on every supported platform).
+
+def random_u16(n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` uniform uint16 draws: four per 64-bit word of a SplitMix64 stream keyed by one word of ``rng``.
+
+    The stream depends only on ``rng`` (one word drawn), and is about three times faster than ``rng``'s own
+    bit generator, whose raw words cost a function call each.
     """
-    return rng.bit_generator.random_raw((n + 3) // 4).view(np.uint16)[:n]
+    from degradations import jit
+
+    return jit.splitmix_words(random_key(rng), (n + 3) // 4).view(np.uint16)[:n]
 
 
 def standard_normal(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
@@ -108,9 +115,17 @@ def normal(shape: tuple[int, ...], rng: np.random.Generator, loc: float = 0.0, s
 def add_gaussian_noise(img: np.ndarray, sigma: float, gray: bool, rng: np.random.Generator) -> np.ndarray:
     """``img + N(0, sigma^2)``; one noise value for all channels when ``gray``. Normals: see ``standard_normal``."""
     h, w, _ = img.shape
-    out = gray3(normal((h, w), rng, scale=sigma)) if gray else normal(img.shape, rng, scale=sigma)
-    cv2.add(out, img, dst=out)  # in place: no temporaries
-    return clip01(out)
+    if gray:
+        out = gray3(normal((h, w), rng, scale=sigma))
+        cv2.add(out, img, dst=out)  # in place: no temporaries
+        return clip01(out)
+    from degradations import jit
+
+    # The same values as clip01(img + normal(img.shape, rng, scale=sigma)), in one pass.
+    src = np.ascontiguousarray(img, dtype=np.float32)
+    out = np.empty_like(src)
+    jit.add_table_noise_clip(src.reshape(-1), out.reshape(-1), _normal_table() * np.float32(sigma), random_key(rng))
+    return out
 
 
 #: Below this many expected photons a pixel draws exact Poisson counts; above, the normal approximation

@@ -28,7 +28,7 @@ class GaussianNoise(Degradation):
     """Additive Gaussian noise; sigma in units of full scale (0.1 = 25.5 grey levels)."""
 
     domain = "restoration"
-    version = 2  # faster noise/draws: same distribution, other pixels than version 1
+    version = 3  # v2: faster normals; v3: SplitMix64 bits keyed from rng. Same distribution, other pixels
     instructions = ("Remove the noise from this image.", "Denoise this photo (noise level {sigma:.3f}).",
                     "Clean up the Gaussian noise in this picture.", "Denoise the image.")
     sigma_range: tuple[float, float] = limits(0.0, 1.0, (0.01, 0.2))
@@ -51,7 +51,7 @@ class PoissonNoise(Degradation):
     """Photon shot noise; ``scale`` multiplies the deviation of an 8-bit sensor's Poisson counts."""
 
     domain = "restoration"
-    version = 2  # faster noise/draws: same distribution, other pixels than version 1
+    version = 3  # v2: faster normals; v3: SplitMix64 bits keyed from rng. Same distribution, other pixels
     instructions = ("Remove the shot noise from this image.", "Denoise this low-photon photo.",
                     "Clean up the Poisson noise (strength {scale:.2f}).")
     scale_range: tuple[float, float] = limits(0.0, 10.0, (0.05, 3.0))
@@ -73,7 +73,7 @@ class SpeckleNoise(Degradation):
     """Multiplicative speckle noise (ultrasound, SAR, laser imaging)."""
 
     domain = "restoration"
-    version = 2  # faster noise/draws: same distribution, other pixels than version 1
+    version = 3  # v2: faster normals; v3: SplitMix64 bits keyed from rng. Same distribution, other pixels
     instructions = ("Remove the speckle noise from this image.", "Despeckle this picture.",
                     "Clean up the multiplicative noise (sigma {sigma:.2f}).")
     sigma_range: tuple[float, float] = limits(0.0, 1.0, (0.05, 0.4))
@@ -108,7 +108,7 @@ class IsoNoise(Degradation):
     """High-ISO camera noise: brightness-dependent luminance grain plus colour blotches."""
 
     domain = "restoration"
-    version = 2  # faster noise/draws: same distribution, other pixels than version 1
+    version = 3  # v2: faster normals; v3: SplitMix64 bits keyed from rng. Same distribution, other pixels
     instructions = ("Remove the high-ISO noise from this photo.", "Denoise this night shot.",
                     "Clean the colour noise and grain (intensity {intensity:.2f}) from this picture.")
     intensity_range: tuple[float, float] = limits(0.0, 1.0, (0.03, 0.2))

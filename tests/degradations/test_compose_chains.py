@@ -112,9 +112,10 @@ def test_plugin_version_is_recorded_and_a_changed_kernel_refuses_to_replay(small
     s = synthesize(task_for("gaussian_noise"), small_image, np.random.default_rng(0))
     record = json.loads(json.dumps(s.record()))
     step = record["steps"][0]
-    assert step["version"] == registry.get("gaussian_noise").version == 2
+    installed = registry.get("gaussian_noise").version
+    assert step["version"] == installed > 1
     assert "version" not in json.loads(json.dumps(synthesize(task_for("jpeg"), small_image,
                                                              np.random.default_rng(0)).record()))["steps"][0]
     step["version"] = 1  # a sample built by the kernel before this one
-    with pytest.raises(ValueError, match="recorded by version 1 .* version 2 is installed"):
+    with pytest.raises(ValueError, match=f"recorded by version 1 .* version {installed} is installed"):
         replay(record, small_image)

@@ -37,13 +37,32 @@ def test_lut_and_numpy_paths_give_the_same_bits(monkeypatch):
 
 
 def test_gaussian_noise_is_clipped_image_plus_sigma_z():
-    img = rng(1).random((61, 83, 3), dtype=np.float32)
+    img = rng(1).random((61, 83, 3), dtype=np.float32)  # 15,189 values: the last 64-bit word is partly used
     out = kernels.add_gaussian_noise(img, 0.1, False, rng(7))
-    expected = np.clip(img + np.float32(0.1) * kernels.standard_normal(img.shape, rng(7)), 0, 1)
-    assert np.allclose(out, expected, atol=1e-6) and out.min() >= 0 and out.max() <= 1
+    # The fused loop gives exactly the bits of the unfused kernels it replaces.
+    assert np.array_equal(out, kernels.clip01(img + kernels.normal(img.shape, rng(7), scale=0.1)))
+    assert out.min() >= 0 and out.max() <= 1
     flat = np.full((256, 256, 3), 0.5, np.float32)
     noise = kernels.add_gaussian_noise(flat, 0.05, False, rng(2)) - flat
     assert abs(float(noise.std()) - 0.05) < 0.001 and abs(float(noise.mean())) < 0.001
+
+
+def test_random_bits_are_splitmix64_keyed_by_one_word_of_rng():
+    from degradations import jit
+
+    # Reference outputs of Vigna's splitmix64.c seeded with 1234567.
+    assert jit.splitmix_words(np.uint64(1234567), 5).tolist() == [
+        6457827717110365317, 3203168211198807973, 9817491932198370423, 4593380528125082431, 16408922859458223821]
+    a, b = rng(4), rng(4)
+    u = kernels.random_u16(10, a)
+    key = np.uint64(b.bit_generator.random_raw())
+    assert np.array_equal(u, jit.splitmix_words(key, 3).view(np.uint16)[:10])
+    assert a.bit_generator.state == b.bit_generator.state  # exactly one word of rng was used
+    draws = kernels.random_u16(1 << 20, rng(6)).astype(np.int64)
+    counts = np.bincount(draws >> 8, minlength=256)  # high bytes uniform
+    assert stats.chisquare(counts).pvalue > 1e-4
+    lanes = draws[: (1 << 20)].reshape(-1, 4).astype(np.float64)  # the four draws of a word are uncorrelated
+    assert np.abs(np.corrcoef(lanes.T) - np.eye(4)).max() < 0.01
 
 
 @pytest.mark.parametrize("amount", [0.05, 0.5])
