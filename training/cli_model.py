@@ -65,28 +65,35 @@ def evaluate(
     lpips: Path | None = typer.Option(None, "--lpips", help="Folder with local LPIPS weights: torchvision's AlexNet "
                                       "state dict (alexnet-owt-7be5be79.pth) and lpips' v0.1 alex.pth. Adds LPIPS "
                                       "per task; nothing is downloaded."),
+    musiq: Path | None = typer.Option(None, "--musiq", help="A local MUSIQ checkpoint released with pyiqa "
+                                      "(musiq_koniq_ckpt-e95806b9.pth, musiq_spaq_ckpt-358bb6af.pth, "
+                                      "musiq_paq2piq_ckpt-364c0c84.pth or musiq_ava_ckpt-e8d3f067.pth), or the folder "
+                                      "holding it. Adds MUSIQ, a no-reference quality score (higher is better), of "
+                                      "restored and input per task; nothing is downloaded."),
 ) -> None:
-    """Score an exported model on a corpus: PSNR and SSIM (and LPIPS with --lpips) per task, restored vs target
-    next to input vs target.
+    """Score an exported model on a corpus: PSNR and SSIM (and LPIPS with --lpips, MUSIQ with --musiq) per task,
+    restored vs target next to input vs target.
 
     \b
     Examples:
       omnilv eval --checkpoint runs/tiny_stage1/export corpus/quickstart --out eval --limit 50
       omnilv eval --checkpoint s3://bucket/runs/stage1/export s3://bucket/corpus --lpips ~/weights/lpips
+      omnilv eval --checkpoint runs/tiny_stage1/export corpus/quickstart --musiq ~/weights/musiq_koniq_ckpt-e95806b9.pth
     """
     from rich.progress import Progress
 
     from pipelines.schema import SchemaError
     from training.evaluate import evaluate as run_eval
     from training.export import ExportError
+    from training.musiq import MusiqError
     from training.perceptual import LpipsError
 
     try:
         with Progress(transient=True) as bar:
             task = bar.add_task("restoring", total=limit)
             results = run_eval(checkpoint, corpus, out, limit=limit, steps=steps, guidance=guidance, seed=seed,
-                               lpips=lpips, progress=lambda n: bar.advance(task, n))
-    except (ExportError, SchemaError, LpipsError, OSError) as exc:
+                               lpips=lpips, musiq=musiq, progress=lambda n: bar.advance(task, n))
+    except (ExportError, SchemaError, LpipsError, MusiqError, OSError) as exc:
         _fail(str(exc))
     _print_table(results)
     typer.echo(f"report: {out / 'index.html'}")

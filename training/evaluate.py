@@ -2,7 +2,9 @@
 
 Writes ``results.json``, ``index.html`` and ``sheet.png`` (one row per task: input | restored | target).
 The corpus is read through :func:`pipelines.read.iter_samples` (manifest-listed shards, whitelisted
-members only). LPIPS is added when ``lpips`` names a folder of local weights (:mod:`training.perceptual`).
+members only). LPIPS is added when ``lpips`` names a folder of local weights (:mod:`training.perceptual`), and
+MUSIQ, a no-reference quality score where higher is better, of the restored output and of the input when ``musiq``
+names a local pyiqa checkpoint or its folder (:mod:`training.musiq`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from training.metrics import psnr, ssim
+from training.musiq import MUSIQ, PATCH
 from training.perceptual import LPIPS
 from training.restore import Restorer, save_image
 
@@ -25,11 +28,12 @@ SHEET_ROW = 128  # pixels: each sheet row is resized to this height
 
 def evaluate(checkpoint: str | Path, corpus: str, out_dir: str | Path, *, limit: int | None = None,
              steps: int | None = None, guidance: float | None = None, seed: int = 0, lpips: str | Path | None = None,
-             progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+             musiq: str | Path | None = None, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Restore up to ``limit`` corpus samples, score them, write the report; returns the results dict."""
     from pipelines.read import ReadStats, iter_samples
 
     perceptual = LPIPS.from_folder(lpips) if lpips else None  # before the slow part: bad weights fail fast
+    quality = MUSIQ.from_path(musiq) if musiq else None
     restorer = Restorer.from_export(checkpoint)
     stats, skipped = ReadStats(), Counter()
     scores: dict[str, list[dict[str, float]]] = defaultdict(list)
@@ -50,6 +54,10 @@ def evaluate(checkpoint: str | Path, corpus: str, out_dir: str | Path, *, limit:
                        lpips_input=perceptual.distance(sample.input, sample.target))
         elif perceptual is not None:
             skipped["lpips: image under 32 px"] += 1
+        if quality is not None and min(out.shape[:2]) >= PATCH:
+            row.update(musiq=quality.score(out), musiq_input=quality.score(sample.input))
+        elif quality is not None:
+            skipped[f"musiq: image under {PATCH} px"] += 1
         scores[task].append(row)
         examples.setdefault(task, (sample.input, out, sample.target))
         if progress is not None:
@@ -64,7 +72,7 @@ def evaluate(checkpoint: str | Path, corpus: str, out_dir: str | Path, *, limit:
 def summarize(scores: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
     """Mean of each metric per task and over all samples; ``gain_psnr`` = restored − input."""
     def mean(rows: list[dict[str, float]]) -> dict[str, float]:
-        keys = dict.fromkeys(k for r in rows for k in r)  # LPIPS may be missing on some rows
+        keys = dict.fromkeys(k for r in rows for k in r)  # LPIPS and MUSIQ may be missing on some rows
         m = {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
         return {**m, "n": len(rows), "gain_psnr": m["psnr"] - m["psnr_input"]}
 
@@ -96,7 +104,10 @@ def _sheet(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
 
 
 def table_columns(results: dict[str, Any]) -> list[tuple[str, Callable[[str, dict], str]]]:
-    """(header, cell formatter) of the per-task table, shared by the HTML report and the console."""
+    """(header, cell formatter) of the per-task table, shared by the HTML report and the console.
+
+    PSNR, SSIM and MUSIQ: higher is better; LPIPS: lower is better.
+    """
     cols: list[tuple[str, Callable[[str, dict], str]]] = [
         ("task", lambda t, m: t), ("n", lambda t, m: str(m["n"])),
         ("PSNR restored", lambda t, m: f"{m['psnr']:.2f}"), ("PSNR input", lambda t, m: f"{m['psnr_input']:.2f}"),
@@ -105,6 +116,9 @@ def table_columns(results: dict[str, Any]) -> list[tuple[str, Callable[[str, dic
     if any("lpips" in m for m in results["tasks"].values()):
         cols += [("LPIPS restored", lambda t, m: f"{m['lpips']:.4f}" if "lpips" in m else "–"),
                  ("LPIPS input", lambda t, m: f"{m['lpips_input']:.4f}" if "lpips_input" in m else "–")]
+    if any("musiq" in m for m in results["tasks"].values()):
+        cols += [("MUSIQ restored", lambda t, m: f"{m['musiq']:.2f}" if "musiq" in m else "–"),
+                 ("MUSIQ input", lambda t, m: f"{m['musiq_input']:.2f}" if "musiq_input" in m else "–")]
     return cols
 
 
