@@ -8,7 +8,15 @@
   measured over the last ``--steps // 3`` steps (after warm-up), in ``--rounds`` interleaved rounds
   (bare, ZeRO-0, ZeRO-2, bare, …) whose medians are compared: a shared 2-core machine drifts by ±20%
   between minutes. ``compute_ratio`` uses the time inside the training step only (prepare, forward,
-  backward, optimizer), which isolates the engine's cost from the Ray worker around it.
+  backward, optimizer), which isolates the engine's cost from the Ray worker around it. One unmeasured
+  Ray run comes first (first-run effects: page cache, lazy imports).
+- ``--cores isolated`` (the default on Linux with ≥ 2 cores) gives the training step a core of its own, as on
+  a GPU node, where Ray's control plane never shares the training process's cores: the bare loop and the
+  Ray Train worker process (every thread of it: the Ray Data iterator and gRPC threads compete with the step
+  there, as they would anywhere) run on core 0; the driver, raylet, GCS, dashboard and the Ray Data
+  readers and decoders on the other cores. ``--cores shared`` lets the OS place everything: on a 2-core
+  machine Ray's control plane (a dozen processes, the decoders, the per-epoch start of the read) then
+  takes turns on the training core, at nice 0 against the worker's nice 15.
 - FLOPs per training sample (forward + backward) measured with ``torch.utils.flop_counter.FlopCounterMode``
   on meta tensors for the tiny, stage1 (2B @512²) and stage3 (2B @1024²) configs; the cluster planner
   reads these instead of typed constants.
@@ -18,6 +26,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -25,7 +34,9 @@ import statistics
 import sys
 import tarfile
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +123,48 @@ def ray_run(cfg) -> dict[str, float]:
             "compute_s": m["compute_s_per_micro_step"], "data_wait_fraction": m["data_wait_fraction"]}
 
 
+class CorePinner:
+    """Keeps Ray Train worker processes (all their threads) on ``core`` and the driver on the other cores,
+    from the moment each worker appears (polled every 20 ms: long before the measured window)."""
+
+    def __init__(self, core: int) -> None:
+        self.core, self.rest = {core}, set(os.sched_getaffinity(0)) - {core}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> CorePinner:
+        os.sched_setaffinity(0, self.rest)  # before Ray starts: every Ray process inherits it
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @contextmanager
+    def on_training_core(self):
+        """Run the driver's own code (the bare loop) on the training core."""
+        os.sched_setaffinity(0, self.core)
+        try:
+            yield
+        finally:
+            os.sched_setaffinity(0, self.rest)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.wait(0.02):
+            for proc in psutil.process_iter(["cmdline"]):
+                if not " ".join(proc.info["cmdline"] or ()).startswith("ray::RayTrainWorker"):
+                    continue
+                try:
+                    for th in proc.threads():
+                        if os.sched_getaffinity(th.id) != self.core:
+                            os.sched_setaffinity(th.id, self.core)
+                except (psutil.Error, OSError):  # exited meanwhile
+                    pass
+
+
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
@@ -173,16 +226,25 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "train_step.json"))
+    isolate = hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
+    ap.add_argument("--cores", choices=("isolated", "shared"), default="isolated" if isolate else "shared",
+                    help="isolated: the training step on a core of its own (default where possible); shared: "
+                         "the OS places every process")
     args = ap.parse_args()
     from training.trainer import ensure_ray
 
-    ensure_ray()
-    with tempfile.TemporaryDirectory() as tmp:
+    pinner = CorePinner(0) if args.cores == "isolated" else None
+    with tempfile.TemporaryDirectory() as tmp, pinner or contextlib.nullcontext():
+        ensure_ray()
         corpus = write_corpus(Path(tmp) / "corpus")
         base = bench_config(corpus, Path(tmp) / "runs", 0, args.steps, args.batch)
+        warm = bench_config(corpus, Path(tmp) / "runs", 0, 10, args.batch)
+        warm.stage.name = "bench_warmup"
+        ray_run(warm)
         runs: dict[str, list[dict[str, float]]] = {"bare": [], "ray_deepspeed_zero0": [], "ray_deepspeed_zero2": []}
         for i in range(args.rounds):
-            runs["bare"].append(bare_loop(base, args.steps))
+            with pinner.on_training_core() if pinner else contextlib.nullcontext():
+                runs["bare"].append(bare_loop(base, args.steps))
             for zero in (0, 2):
                 cfg = bench_config(corpus, Path(tmp) / "runs", zero, args.steps, args.batch)
                 cfg.stage.name = f"bench_zero{zero}_{i}"
@@ -190,7 +252,7 @@ def main() -> None:
             print(f"round {i + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]['step_s'] * 1e3:.1f} ms"
                                                               for k, v in runs.items()), flush=True)
         cpu: dict = {"batch_size": args.batch, "resolution": 32, "preset": "tiny", "steps": args.steps,
-                     "rounds": args.rounds, "bare": median_of(runs["bare"])}
+                     "rounds": args.rounds, "cores": args.cores, "bare": median_of(runs["bare"])}
         for zero in (0, 2):
             r = median_of(runs[f"ray_deepspeed_zero{zero}"])
             r["step_time_ratio_vs_bare"] = r["step_s"] / cpu["bare"]["step_s"]

@@ -32,9 +32,11 @@ MARKER = "COMPLETE.rank{rank}"
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point; ``loop_config`` = {"cfg": TrainConfig as JSON, "board": ProgressBoard | None}."""
+    cfg = TrainConfig.model_validate(loop_config["cfg"])
+    if not cfg.run.use_gpu:  # DeepSpeed's own choice here, named so that it does not warn on every worker
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
-    cfg = TrainConfig.model_validate(loop_config["cfg"])
     # Ray Train's per-report and per-checkpoint messages come from loggers named by file path, outside
     # "ray.train", so RunConfig's LoggingConfig does not reach them: set the worker's root level too.
     logging.getLogger().setLevel(cfg.run.log_level)
