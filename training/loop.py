@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray.train
 import torch
@@ -25,6 +25,9 @@ from training.config import TrainConfig
 from training.data import Prepare, iter_batches
 from training.deepspeed_config import deepspeed_config
 from training.runstore import exists, is_remote, join, upload_dir
+
+if TYPE_CHECKING:
+    from training.flow import FlowMatching
 
 STEP_FILE = "step.txt"
 MARKER = "COMPLETE.rank{rank}"
@@ -331,16 +334,31 @@ def export_final(cfg: TrainConfig, engine: Any, rank: int, ema: RankEMA | None =
         else _Null()
     with gather:
         if rank == 0:
+            model = engine.module
+            if cfg.deepspeed.precision != "fp32":
+                model = fp32_copy(model)
             if averaged is not None:  # the run is over: the live weights are not needed any more
-                load_into(engine.module, averaged)
+                load_into(model, averaged)
             out = export_dir(cfg)
             with tempfile.TemporaryDirectory(prefix="omnilv-export-") as tmp:
                 local = tmp if is_remote(out) else out
-                export_model(engine.module, cfg.text, cfg.codec, local, extra={"stage": cfg.stage.name,
-                                                                               **describe(ema)})
+                export_model(model, cfg.text, cfg.codec, local, extra={"stage": cfg.stage.name,
+                                                                       "trained_in": cfg.deepspeed.precision,
+                                                                       **describe(ema)})
                 if local != out:
                     upload_dir(local, out)
     dist.barrier()
+
+
+def fp32_copy(flow: FlowMatching) -> FlowMatching:
+    """A float32 twin of a bf16-trained ``flow`` for the export: the EMA (kept in fp32) is loaded into it
+    without rounding to bf16; raw weights are the bf16 module's, widened exactly."""
+    from training.flow import FlowMatching
+    from training.models.omnilv import OmniLV
+
+    net = OmniLV(flow.net.config)
+    net.load_state_dict(flow.net.state_dict())  # copy_ widens bf16 -> fp32
+    return FlowMatching(net, timestep_sampling=flow.timestep_sampling, text_dropout=flow.text_dropout)
 
 
 def export_dir(cfg: TrainConfig) -> str:

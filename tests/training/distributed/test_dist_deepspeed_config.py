@@ -44,7 +44,7 @@ def test_offload():
 
 @pytest.mark.parametrize(("sections", "needle"), [
     ({"deepspeed": {"zero_stage": 4}}, "deepspeed.zero_stage"),
-    ({"deepspeed": {"precision": "bf16"}}, "use_gpu"),
+    ({"deepspeed": {"precision": "fp16"}}, "deepspeed.precision"),
     ({"deepspeed": {"zero_stage": 2, "offload_params": True}}, "zero_stage: 3"),
     ({"optim": {"lr": -1}}, "optim.lr"),
     ({"data": {"nonsense": 1}}, "data.nonsense"),

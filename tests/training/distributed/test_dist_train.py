@@ -76,6 +76,28 @@ def test_zero2_ema_is_sharded_round_robin_and_exported(stage1):
     assert meta["weights"] == "ema" and meta["ema"] == {"decay": 0.9, "updates": 4}
 
 
+def test_bf16_zero2_learns_and_exports_the_fp32_ema(ray_local, tiny_corpus, tmp_path):
+    """bf16 on DeepSpeed's CPU accelerator (the GPU path's dtype handling): the export keeps the fp32 EMA."""
+    from training.export import load_network, read_meta
+
+    cfg = tiny_cfg(tiny_corpus, tmp_path, "bf16", deepspeed={"precision": "bf16"}, optim={"ema_decay": 0.9},
+                   schedule={"steps": 4, "checkpoint_every": 4, "eval_every": 4})
+    res = train(cfg, progress=False)
+    m = res.metrics
+    assert m["step"] == 4 and math.isfinite(m["loss"])
+    assert m["eval_loss"] < m["eval_loss_start"], "loss on the fixed batch did not fall"
+    assert read_meta(res.export)["trained_in"] == "bf16"
+    net = load_network(res.export)
+    union = {**ema_shares(Path(res.checkpoint))[0], **ema_shares(Path(res.checkpoint))[1]}
+    trained = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    assert trained and {n for n, _ in trained} == set(union)
+    for name, p in trained:
+        assert p.dtype == torch.float32
+        torch.testing.assert_close(p.detach(), union[name], rtol=0, atol=0)
+    # The average has bits a bf16 copy would have rounded away: the export did not go through bf16.
+    assert any(not torch.equal(v, v.bfloat16().float()) for v in union.values())
+
+
 def test_second_run_resumes_at_the_checkpointed_step(stage1, tiny_corpus):
     cfg, _ = stage1
     more = tiny_cfg(tiny_corpus, Path(cfg.run.storage_path), "s1", schedule={"steps": 6}, optim={"ema_decay": 0.9})
