@@ -179,45 +179,68 @@ def flops_per_sample(preset: str, latent: int, channels: int, text_dim: int) -> 
 
     # The text-mask guard branches on data (bool(mask.any())), which meta tensors cannot answer; our
     # masks are all-valid, so the guard is the identity here and costs no FLOPs.
-    omnilv_mod._non_empty = lambda mask: mask
-    with torch.device("meta"):
-        flow = FlowMatching(OmniLV.from_preset(preset, in_channels=channels, cross_attention_dim=text_dim))
-        lat = torch.randn(1, channels, latent, latent)
-        batch = {"x1": lat, "cond": lat.clone(), "text": torch.randn(1, TEXT_TOKENS, text_dim),
-                 "text_mask": torch.ones(1, TEXT_TOKENS, dtype=torch.bool)}
-    flow.net._rope.clear()
-    counter = FlopCounterMode(display=False)
-    with counter:
-        flow(batch).backward()
+    guard, omnilv_mod._non_empty = omnilv_mod._non_empty, lambda mask: mask
+    try:
+        with torch.device("meta"):
+            flow = FlowMatching(OmniLV.from_preset(preset, in_channels=channels, cross_attention_dim=text_dim))
+            lat = torch.randn(1, channels, latent, latent)
+            batch = {"x1": lat, "cond": lat.clone(), "text": torch.randn(1, TEXT_TOKENS, text_dim),
+                     "text_mask": torch.ones(1, TEXT_TOKENS, dtype=torch.bool)}
+        flow.net._rope.clear()
+        counter = FlopCounterMode(display=False)
+        with counter:
+            flow(batch).backward()
+    finally:
+        omnilv_mod._non_empty = guard
     return float(counter.get_total_flops())
 
 
-def gpu_bench() -> dict | None:
-    if not torch.cuda.is_available():
-        return None
+#: Dense bf16 tensor-core peak (FLOP/s) by device name; the A100's when the name is not listed.
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def mfu_bench(device: torch.device, preset: str, latent: int, batch: int, peak: float, *, iters: int = 10,
+              warmup: int = 3, dtype: torch.dtype = torch.bfloat16) -> dict:
+    """Samples/s of full training steps (forward, backward, AdamW) of ``preset`` on ``latent``² latents in
+    ``dtype``, and MFU = samples/s × FLOPs per sample / ``peak``."""
     from training.flow import FlowMatching
     from training.models.omnilv import OmniLV
+    from training.models.presets import preset as preset_fields
 
-    dev, bs, lat = torch.device("cuda"), 8, 64  # 512² through an 8× VAE
-    flow = FlowMatching(OmniLV.from_preset("2b")).to(dev, torch.bfloat16)
+    fields = preset_fields(preset)
+    channels, text_dim = fields["in_channels"], fields["cross_attention_dim"]
+    flow = FlowMatching(OmniLV.from_preset(preset)).to(device, dtype)
     opt = torch.optim.AdamW(flow.parameters(), lr=1e-4)
-    batch = {"x1": torch.randn(bs, 4, lat, lat, device=dev, dtype=torch.bfloat16),
-             "text": torch.randn(bs, TEXT_TOKENS, 2304, device=dev, dtype=torch.bfloat16),
-             "text_mask": torch.ones(bs, TEXT_TOKENS, dtype=torch.bool, device=dev)}
-    batch["cond"] = batch["x1"].clone()
-    for i in range(13):
-        if i == 3:
-            torch.cuda.synchronize()
+    x1 = torch.randn(batch, channels, latent, latent, device=device, dtype=dtype)
+    data = {"x1": x1, "cond": x1.clone(), "text": torch.randn(batch, TEXT_TOKENS, text_dim, device=device, dtype=dtype),
+            "text_mask": torch.ones(batch, TEXT_TOKENS, dtype=torch.bool, device=device)}
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for i in range(warmup + iters):
+        if i == warmup:
+            sync()
             t0 = time.perf_counter()
-        flow(batch).backward()
+        flow(data).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    torch.cuda.synchronize()
-    sps = bs * 10 / (time.perf_counter() - t0)
-    peak = 989e12 if "H100" in torch.cuda.get_device_name() or "H200" in torch.cuda.get_device_name() else 312e12
-    mfu = sps * flops_per_sample("2b", lat, 4, 2304) / peak
-    return {"device": torch.cuda.get_device_name(), "samples_per_s": sps, "mfu": mfu, "resolution": 512,
-            "preset": "2b", "peak_flops": peak}
+    sync()
+    sps = batch * iters / (time.perf_counter() - t0)
+    flops = flops_per_sample(preset, latent, channels, text_dim)
+    return {"device": str(device), "preset": preset, "latent": latent, "batch_size": batch, "dtype": str(dtype),
+            "samples_per_s": sps, "flops_per_sample": flops, "peak_flops": peak, "mfu": sps * flops / peak}
+
+
+def gpu_bench() -> dict | None:
+    """The 2B preset at 512² (64² latents through an 8× VAE) in bf16 on the first GPU; None without one."""
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK_BF16.items() if k in name), PEAK_BF16["A100"])
+    return {"device_name": name, "resolution": 512,
+            **mfu_bench(torch.device("cuda"), "2b", latent=64, batch=8, peak=peak)}
 
 
 def main() -> None:
