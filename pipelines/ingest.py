@@ -28,16 +28,25 @@ COLUMNS = {INPUT: "input", TARGET: "target", TXT: "txt", JSON: "json", REF_INPUT
 
 @ray.remote(num_cpus=0)
 class SkipLedger:
-    """Counts of skipped members and samples, by reason, summed over every ingest task."""
+    """The ingest's shared state: counts of skipped members and samples, by reason, summed over every ingest
+    task; and the epoch the training loop is reading, which seeds :class:`DecodeCrop`'s crops."""
 
     def __init__(self) -> None:
         self.counts: Counter = Counter()
+        self._epoch = 0
 
     def add(self, counts: dict[str, int]) -> None:
         self.counts.update(counts)
 
     def totals(self) -> dict[str, int]:
         return dict(self.counts)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by every training worker before it starts a pass (they agree on the number)."""
+        self._epoch = int(epoch)
+
+    def epoch(self) -> int:
+        return self._epoch
 
 
 class WhitelistDecoder:
@@ -93,8 +102,10 @@ def crop_pair(a: np.ndarray, b: np.ndarray, size: tuple[int, int], rng: np.rando
     return a[y:y + h, x:x + w], b[y:y + h, x:x + w]
 
 
-def _rng(seed: int, key: str) -> np.random.Generator:
-    return np.random.default_rng([seed, int(hashlib.sha1(key.encode()).hexdigest()[:12], 16)])
+def _rng(seed: int, key: str, epoch: int = 0) -> np.random.Generator:
+    """The crop generator of one sample in one epoch (epoch 0 keeps the stream it had before epochs counted)."""
+    words = [seed, int(hashlib.sha1(key.encode()).hexdigest()[:12], 16)]
+    return np.random.default_rng(words + [epoch] if epoch else words)
 
 
 class RowDecoder:
@@ -126,13 +137,18 @@ class RowDecoder:
 
 
 class DecodeCrop(RowDecoder):
-    """Raw rows -> float32 (H, W, 3) images in [0, 1], one crop box per (input, target) pair."""
+    """Raw rows -> float32 (H, W, 3) images in [0, 1], one crop box per (input, target) pair.
+
+    Random crops are seeded by (seed, sample key, epoch): the same in every rerun, new in every epoch. Ray Data
+    starts new decoders for each pass over the dataset; each reads the epoch from the ledger when it starts.
+    """
 
     def __init__(self, sizes: list[tuple[int, int]], random_crop: bool, use_exemplars: bool, seed: int,
                  ledger: Any = None) -> None:
         cv2.setNumThreads(1)  # one thread per task: the train workers own the cores
         self.sizes, self.random_crop, self.use_exemplars = [tuple(s) for s in sizes], random_crop, use_exemplars
         self.seed, self.ledger = seed, ledger
+        self.epoch = ray.get(ledger.epoch.remote()) if ledger is not None and random_crop else 0
 
     def _one(self, row: dict[str, Any]) -> dict[str, Any]:
         members = {"__key__": row["key"]}
@@ -140,7 +156,7 @@ class DecodeCrop(RowDecoder):
             if len(row[col]):
                 members[member] = bytes(row[col])
         sample = Sample.from_members(members)
-        rng = _rng(self.seed, sample.key) if self.random_crop else None
+        rng = _rng(self.seed, sample.key, self.epoch) if self.random_crop else None
         bucket = choose_bucket(*sample.target.shape[:2], self.sizes)
         size = self.sizes[bucket]
         inp, tgt = crop_pair(sample.input, sample.target, size, rng)

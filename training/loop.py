@@ -63,6 +63,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     run.ema = ema
     run.constant.update(resumed_from=step, init_checksum=checksum, world_size=world)
     resume = loop_config.get("resume") or {}
+    run.ledger = loop_config.get("ledger")
+    run.epoch = step * cfg.global_batch // max(int(resume.get("epoch_samples", 0)), 1)  # 0 for a new run
     if resume.get("shards") and resume.get("step") == step:  # not after a worker restart at another step
         run.first_pass = "resume"
         run.constant.update(resume_skipped_shards=resume["shards"], resume_skipped_samples=resume["samples"])
@@ -82,6 +84,8 @@ class _Run:
         self.fixed: dict[str, torch.Tensor] | None = None
         self.ema: RankEMA | None = None
         self.first_pass = "train"  # "resume": the rest of an interrupted epoch (trainer.resume_plan)
+        self.ledger: Any = None  # pipelines.ingest.SkipLedger: where the decoders read the epoch of their crops
+        self.epoch = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -94,6 +98,9 @@ class _Run:
         cfg, name = self.cfg, self.first_pass
         micro = 0
         while step < cfg.schedule.steps:
+            if self.ledger is not None:  # before the pass starts its decoders: they seed crops with it
+                ray.get(self.ledger.set_epoch.remote(self.epoch))
+            self.extra["epoch"] = self.epoch
             shard = ray.train.get_dataset_shard(name)
             it, got = iter(iter_batches(shard, cfg.data.batch_size, len(cfg.data.sizes))), False
             while step < cfg.schedule.steps:
@@ -115,7 +122,7 @@ class _Run:
                 raise RuntimeError(f"{cfg.data.latents or cfg.data.corpus}: this worker's dataset shard has no full "
                                    f"batch of {cfg.data.batch_size}; the corpus is too small for {cfg.run.workers} "
                                    "worker(s)")
-            name = "train"
+            name, self.epoch = "train", self.epoch + 1
         return step
 
     def _micro_step(self, batch: dict[str, Any]) -> None:

@@ -74,14 +74,15 @@ def committed_step(cfg: TrainConfig) -> int:
 def resume_plan(cfg: TrainConfig) -> dict[str, int]:
     """Where a rerun picks up the data: whole manifest shards already read in the interrupted epoch are left
     out of its first pass. Approximate (Ray Data reads shards concurrently), but a run that is stopped and
-    rerun many times no longer reads the corpus's (or latent cache's) first shards again each time."""
-    step = committed_step(cfg)
-    plan = {"step": step, "shards": 0, "samples": 0}
-    if not step:
-        return plan
+    rerun many times no longer reads the corpus's (or latent cache's) first shards again each time.
+    ``epoch_samples`` (the manifest's sample count) lets each worker number its passes from its step."""
     from pipelines.read import load_manifest
 
+    step = committed_step(cfg)
     counts = [s.samples for s in load_manifest(cfg.data.latents or cfg.data.corpus).shards]
+    plan = {"step": step, "shards": 0, "samples": 0, "epoch_samples": sum(counts)}
+    if not step:
+        return plan
     offset = step * cfg.global_batch % max(sum(counts), 1)
     for n in counts[:-1]:  # always keep at least one shard
         if plan["samples"] + n > offset:
@@ -127,7 +128,7 @@ def make_trainer(cfg: TrainConfig, board: Any = None, ledger: Any = None):
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "board": board, "env": forwarded_env(),
-                           "resume": resume},
+                           "resume": resume, "ledger": ledger},
         scaling_config=ScalingConfig(num_workers=cfg.run.workers, use_gpu=cfg.run.use_gpu,
                                      resources_per_worker={"CPU": cfg.run.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),

@@ -34,3 +34,23 @@ def test_crop_pair_uses_one_box_for_input_and_target():
 @pytest.mark.parametrize(("h", "w", "want"), [(100, 100, 0), (100, 210, 1), (300, 140, 2)])
 def test_bucket_is_the_nearest_aspect_ratio(h, w, want):
     assert choose_bucket(h, w, [(64, 64), (48, 96), (96, 48)]) == want
+
+
+def test_random_crops_are_new_each_epoch_and_the_same_on_a_rerun(ray_local, tiny_corpus):
+    import ray
+
+    ledger = SkipLedger.remote()
+    ds = read_corpus(str(tiny_corpus), [(16, 16)], ledger=ledger, read_cpus=0.25, max_tasks=1)
+
+    def crops() -> dict[str, np.ndarray]:  # every iteration is a new execution with new decoders
+        return {r["key"]: r["input"] for r in ds.iter_rows()}
+
+    first, again = crops(), crops()
+    ray.get(ledger.set_epoch.remote(1))
+    second = crops()
+    assert first.keys() == second.keys() and len(first) == 32
+    assert all(np.array_equal(first[k], again[k]) for k in first)  # same epoch: the same crops
+    moved = sum(not np.array_equal(first[k], second[k]) for k in first)
+    assert moved > 24, f"only {moved}/32 crops changed with the epoch"  # 9×9 boxes in a 24×24 image
+    ray.get(ledger.set_epoch.remote(0))
+    assert all(np.array_equal(first[k], v) for k, v in crops().items())

@@ -46,6 +46,7 @@ def test_zero2_two_workers_learn_checkpoint_and_export(stage1):
     cfg, res = stage1
     m = res.metrics
     assert m["step"] == 4 and m["world_size"] == 2 and m["resumed_from"] == 0
+    assert m["epoch"] == 0  # 4 steps × 2 workers × 4 = the 32 samples once
     assert math.isfinite(m["loss"])
     assert m["eval_loss"] < m["eval_loss_start"], "loss on the fixed batch did not fall"
     ckpt = Path(res.checkpoint)
@@ -103,6 +104,7 @@ def test_second_run_resumes_at_the_checkpointed_step(stage1, tiny_corpus):
     more = tiny_cfg(tiny_corpus, Path(cfg.run.storage_path), "s1", schedule={"steps": 6}, optim={"ema_decay": 0.9})
     res = train(more, progress=False)
     assert res.metrics["resumed_from"] == 4 and res.metrics["step"] == 6
+    assert res.metrics["epoch"] == 1  # numbered from the step: the second pass crops anew
     import json
 
     meta = json.loads((Path(res.export) / "omnilv.json").read_text())
@@ -149,11 +151,11 @@ def test_resume_plan_skips_whole_shards_already_read_this_epoch(tiny_corpus, tmp
     snapshot = tmp_path / "rp" / "checkpoint_manager_snapshot.json"
     snapshot.parent.mkdir()
     cfg = tiny_cfg(tiny_corpus, tmp_path, "rp", run={"workers": 1})  # global batch 4; shards of 16 + 16
-    assert resume_plan(cfg) == {"step": 0, "shards": 0, "samples": 0}
+    assert resume_plan(cfg) == {"step": 0, "shards": 0, "samples": 0, "epoch_samples": 32}
     for step, shards in ((3, 0), (4, 1), (7, 1), (8, 0), (12, 1)):  # 32 samples an epoch
         snapshot.write_text(json.dumps({"checkpoint_results": [{"metrics": {"step": 2}},
                                                                {"metrics": {"step": step}}]}))
-        assert resume_plan(cfg) == {"step": step, "shards": shards, "samples": 16 * shards}, step
+        assert resume_plan(cfg) == {"step": step, "shards": shards, "samples": 16 * shards, "epoch_samples": 32}, step
     snapshot.write_text("{not json")
     assert resume_plan(cfg)["shards"] == 0  # an unreadable snapshot costs only the data position
 

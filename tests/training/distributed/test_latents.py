@@ -251,6 +251,6 @@ def test_resume_plan_counts_the_cache_shards(cache, vae_dir, tmp_path):
     step = -(-counts[0] // 4)  # the first whole step past the first cache shard
     (tmp_path / "lr" / "checkpoint_manager_snapshot.json").write_text(
         json.dumps({"checkpoint_results": [{"metrics": {"step": step}}]}))
-    assert resume_plan(cfg) == {"step": step, "shards": 1, "samples": counts[0]}
+    assert resume_plan(cfg) == {"step": step, "shards": 1, "samples": counts[0], "epoch_samples": sum(counts)}
     datasets, _ = make_datasets(cfg)
     assert datasets["resume"].count() == sum(counts[1:]) and datasets["train"].count() == sum(counts)
