@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from training.weights import load_tensors
+
 PATCH = 32
 LONGER_SIDES = (224, 384)  # the resized scales (ids 0, 1); the original resolution is the last scale (id 2)
 GRID = 10  # hash-based spatial embedding: any patch grid maps onto GRID × GRID positions
@@ -240,19 +242,5 @@ class MUSIQ(nn.Module):
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # weights_only refuses pickled objects: report which file, never run it
-        raise MusiqError(f"{path}: not a plain state dict of tensors ({type(exc).__name__}: {exc})") from exc
-    for key in WRAPPERS:
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise MusiqError(f"{path}: not a state dict of tensors")
+    state = load_tensors(path, MusiqError, WRAPPERS)
     return {k.removeprefix("module."): v for k, v in state.items()}  # as saved from DataParallel

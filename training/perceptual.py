@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from training.weights import load_tensors
+
 CHANNELS = (64, 192, 384, 256, 256)
 #: (in, out, kernel, stride, padding) of AlexNet's five convolutions, at torchvision's ``features`` indices.
 CONVS = {0: (3, 64, 11, 4, 2), 3: (64, 192, 5, 1, 2), 6: (192, 384, 3, 1, 1), 8: (384, 256, 3, 1, 1),
@@ -82,18 +84,7 @@ class LPIPS(nn.Module):
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # weights_only refuses pickled objects: report which file, never run it
-        raise LpipsError(f"{path}: not a plain state dict of tensors ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise LpipsError(f"{path}: not a state dict of tensors")
-    return state
+    return load_tensors(path, LpipsError)
 
 
 def _find_state_dicts(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

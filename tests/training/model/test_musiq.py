@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +121,7 @@ def test_ava_score_is_the_mean_of_ten_bins(tmp_path, image):
     assert model.score(image) == pytest.approx(5.5, abs=1e-5)
 
 
-def test_missing_wrong_and_hostile_files_are_clear_errors(koniq, tmp_path, image):
+def test_missing_wrong_and_hostile_files_are_clear_errors(koniq, tmp_path, image, hostile_pickle):
     with pytest.raises(MusiqError, match="no such file"):
         MUSIQ.from_path(tmp_path / "musiq.pth")
     other = tmp_path / "other"
@@ -143,15 +142,10 @@ def test_missing_wrong_and_hostile_files_are_clear_errors(koniq, tmp_path, image
         MUSIQ.from_file(tmp_path / "cut.pth")
     with pytest.raises(ValueError, match="≥ 32×32"):
         MUSIQ.from_folder(koniq).score(image[:20])
-    canary = tmp_path / "canary.txt"
-
-    class Boom:
-        def __reduce__(self):
-            return (Path.write_text, (canary, "unpickled!"))
-
+    write_hostile, canary = hostile_pickle
     hostile = tmp_path / "hostile"
     hostile.mkdir()
-    (hostile / "musiq.pth").write_bytes(pickle.dumps({"transformer_encoder.posembed_input.position_emb": Boom()}))
+    write_hostile(hostile / "musiq.pth", "transformer_encoder.posembed_input.position_emb")
     with pytest.raises(MusiqError, match="musiq.pth: not a plain state dict"):
         MUSIQ.from_folder(hostile)
     assert not canary.exists()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +47,7 @@ def test_loads_both_files_and_measures_distance(weights, small_image):
     assert model.distance(noisy[1], img) == pytest.approx(far, rel=1e-6)  # symmetric
 
 
-def test_missing_and_hostile_files_are_clear_errors(weights, tmp_path):
+def test_missing_and_hostile_files_are_clear_errors(weights, tmp_path, hostile_pickle):
     only_trunk = tmp_path / "only_trunk"
     only_trunk.mkdir()
     (only_trunk / "a.pth").write_bytes((weights / "alexnet-owt-7be5be79.pth").read_bytes())
@@ -56,15 +55,10 @@ def test_missing_and_hostile_files_are_clear_errors(weights, tmp_path):
         LPIPS.from_folder(only_trunk)
     with pytest.raises(LpipsError, match="not a folder"):
         LPIPS.from_folder(tmp_path / "nope")
-    canary = tmp_path / "canary.txt"
-
-    class Boom:
-        def __reduce__(self):
-            return (Path.write_text, (canary, "unpickled!"))
-
+    write_hostile, canary = hostile_pickle
     hostile = tmp_path / "hostile"
     hostile.mkdir()
-    (hostile / "alex.pth").write_bytes(pickle.dumps({"lin0.model.1.weight": Boom()}))
+    write_hostile(hostile / "alex.pth", "lin0.model.1.weight")
     with pytest.raises(LpipsError, match="alex.pth"):
         LPIPS.from_folder(hostile)
     assert not canary.exists()
