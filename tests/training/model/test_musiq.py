@@ -8,13 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import webdataset as wds
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from omnilv.cli import app
 from pipelines.read import ReadStats, iter_samples
-from pipelines.schema import Manifest, Sample, ShardRecord, shard_name
 from training.musiq import MUSIQ, MusiqError, multiscale_patches
 
 runner = CliRunner()
@@ -154,31 +152,11 @@ def test_missing_wrong_and_hostile_files_are_clear_errors(koniq, tmp_path, image
         MUSIQ.from_file(hostile / "musiq.pth")
 
 
-def test_eval_cli_reports_musiq_per_task(koniq, tmp_path, small_image):
-    from training.export import export_model
-    from training.flow import FlowMatching
-    from training.models import OmniLV
-
-    torch.manual_seed(0)
-    export_model(FlowMatching(OmniLV.from_preset("tiny")), "tiny", "pixel", tmp_path / "model", sampler={"steps": 1})
-    rng = np.random.default_rng(0)
-    clean = [np.ascontiguousarray(small_image[:48, i * 48:(i + 1) * 48]) for i in range(2)]
-    tiny = np.ascontiguousarray(small_image[:16, :16])
-    samples = [Sample("id0", clean[0], clean[0], "Keep it.", {"task": "identity"}),
-               Sample("nz0", np.clip(clean[1] + rng.normal(0, 0.1, clean[1].shape), 0, 1).astype(np.float32),
-                      clean[1], "Remove the noise.", {"task": "noise"}),
-               Sample("tn0", tiny, tiny, "Keep it.", {"task": "identity"})]
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    with wds.TarWriter(str(corpus / shard_name(0))) as tw:
-        for s in samples:
-            tw.write(s.to_members())
-    shard = corpus / shard_name(0)
-    (corpus / "manifest.json").write_text(Manifest([ShardRecord(shard.name, 3, shard.stat().st_size,
-                                                                "0" * 64)]).to_json())
+def test_eval_cli_reports_musiq_per_task(koniq, tmp_path, eval_inputs):
+    model, corpus = eval_inputs
     out = tmp_path / "report"
     path = koniq / "musiq_koniq_ckpt-e95806b9.pth"
-    res = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "model"), str(corpus), "--out", str(out),
+    res = runner.invoke(app, ["eval", "--checkpoint", str(model), str(corpus), "--out", str(out),
                               "--musiq", str(path)])
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())
@@ -190,6 +168,6 @@ def test_eval_cli_reports_musiq_per_task(koniq, tmp_path, small_image):
     assert all(np.isfinite(t["musiq"]) for t in tasks.values())
     assert results["skipped"]["musiq: image under 32 px"] == 1
     assert "MUSIQ restored" in (out / "index.html").read_text() and "MUSIQ" in res.output
-    bad = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "model"), str(corpus), "--musiq",
+    bad = runner.invoke(app, ["eval", "--checkpoint", str(model), str(corpus), "--musiq",
                               str(tmp_path / "corpus")])
     assert bad.exit_code == 2 and "no MUSIQ checkpoint" in bad.output

@@ -8,11 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import webdataset as wds
 from typer.testing import CliRunner
 
 from omnilv.cli import app
-from pipelines.schema import Manifest, Sample, ShardRecord, shard_name
 from training.perceptual import CHANNELS, CONVS, LPIPS, LpipsError
 
 runner = CliRunner()
@@ -64,34 +62,16 @@ def test_missing_and_hostile_files_are_clear_errors(weights, tmp_path, hostile_p
     assert not canary.exists()
 
 
-def test_eval_cli_reports_lpips_per_task(weights, tmp_path, small_image):
-    from training.export import export_model
-    from training.flow import FlowMatching
-    from training.models import OmniLV
-
-    torch.manual_seed(0)
-    export_model(FlowMatching(OmniLV.from_preset("tiny")), "tiny", "pixel", tmp_path / "model", sampler={"steps": 1})
-    rng = np.random.default_rng(0)
-    clean = [np.ascontiguousarray(small_image[:48, i * 48:(i + 1) * 48]) for i in range(2)]
-    samples = [Sample("id0", clean[0], clean[0], "Keep it.", {"task": "identity"}),
-               Sample("nz0", np.clip(clean[1] + rng.normal(0, 0.1, clean[1].shape), 0, 1).astype(np.float32),
-                      clean[1], "Remove the noise.", {"task": "noise"})]
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    with wds.TarWriter(str(corpus / shard_name(0))) as tw:
-        for s in samples:
-            tw.write(s.to_members())
-    shard = corpus / shard_name(0)
-    (corpus / "manifest.json").write_text(Manifest([ShardRecord(shard.name, 2, shard.stat().st_size,
-                                                                "0" * 64)]).to_json())
+def test_eval_cli_reports_lpips_per_task(weights, tmp_path, eval_inputs):
+    model, corpus = eval_inputs
     out = tmp_path / "report"
-    res = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "model"), str(corpus), "--out", str(out),
+    res = runner.invoke(app, ["eval", "--checkpoint", str(model), str(corpus), "--out", str(out),
                               "--lpips", str(weights)])
     assert res.exit_code == 0, res.output
     tasks = json.loads((out / "results.json").read_text())["tasks"]
     assert tasks["identity"]["lpips_input"] == 0.0 and tasks["noise"]["lpips_input"] > 0
     assert all(np.isfinite(t["lpips"]) for t in tasks.values())
     assert "LPIPS restored" in (out / "index.html").read_text() and "LPIPS" in res.output
-    bad = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "model"), str(corpus), "--lpips",
+    bad = runner.invoke(app, ["eval", "--checkpoint", str(model), str(corpus), "--lpips",
                               str(tmp_path / "corpus")])
     assert bad.exit_code == 2 and "AlexNet trunk" in bad.output
