@@ -44,7 +44,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-os.environ.setdefault("OMNILV_QUIET", "1")
+
 
 TEXT_TOKENS = 128  # instruction length assumed for the FLOPs count (Gemma tokens)
 
@@ -88,8 +88,8 @@ def bare_loop(cfg, steps: int) -> dict[str, float]:
     """The same model, batches and optimizer in plain PyTorch: batches materialised up front (no data wait)."""
     from pipelines.ingest import DecodeCrop
     from pipelines.read import iter_members, shard_urls
-    from training.data import Prepare, collate
-    from training.loop import build_flow
+    from training.data.batches import Prepare, collate
+    from training.run import build_flow
 
     torch.set_num_threads(1)
     dec = DecodeCrop(cfg.data.sizes, True, False, cfg.run.seed)
@@ -116,7 +116,7 @@ def bare_loop(cfg, steps: int) -> dict[str, float]:
 
 
 def ray_run(cfg) -> dict[str, float]:
-    from training.trainer import train
+    from training.run import run_stage as train
 
     m = train(cfg, progress=False).metrics
     return {"step_s": cfg.data.batch_size / m["samples_per_s"], "samples_per_s": m["samples_per_s"],
@@ -173,9 +173,9 @@ def flops_per_sample(preset: str, latent: int, channels: int, text_dim: int) -> 
     """Forward + backward FLOPs of one training sample, counted on meta tensors (no memory, no compute)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    import training.models.omnilv as omnilv_mod
-    from training.flow import FlowMatching
-    from training.models.omnilv import OmniLV
+    import training.model.omnilv as omnilv_mod
+    from training.model.flow import FlowMatching
+    from training.model.omnilv import OmniLV
 
     # The text-mask guard branches on data (bool(mask.any())), which meta tensors cannot answer; our
     # masks are all-valid, so the guard is the identity here and costs no FLOPs.
@@ -203,9 +203,9 @@ def mfu_bench(device: torch.device, preset: str, latent: int, batch: int, peak: 
               warmup: int = 3, dtype: torch.dtype = torch.bfloat16) -> dict:
     """Samples/s of full training steps (forward, backward, AdamW) of ``preset`` on ``latent``² latents in
     ``dtype``, and MFU = samples/s × FLOPs per sample / ``peak``."""
-    from training.flow import FlowMatching
-    from training.models.omnilv import OmniLV
-    from training.models.presets import preset as preset_fields
+    from training.model.flow import FlowMatching
+    from training.model.omnilv import OmniLV
+    from training.model.presets import preset as preset_fields
 
     fields = preset_fields(preset)
     channels, text_dim = fields["in_channels"], fields["cross_attention_dim"]
@@ -254,7 +254,7 @@ def main() -> None:
                     help="isolated: the training step on a core of its own (default where possible); shared: "
                          "the OS places every process")
     args = ap.parse_args()
-    from training.trainer import ensure_ray
+    from pipelines import ensure_ray
 
     pinner = CorePinner(0) if args.cores == "isolated" else None
     with tempfile.TemporaryDirectory() as tmp, pinner or contextlib.nullcontext():

@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import tarfile
 import time
 from collections import Counter
@@ -23,6 +22,7 @@ from typing import Any
 
 from pipelines.config import CorpusConfig
 from pipelines.configfile import ConfigError
+from pipelines.runtime import ensure_ray
 from pipelines.schema import MANIFEST, MEMBERS, Manifest, ShardRecord, shard_name
 from pipelines.storage import BUILD_STATE, COMMITS, Store, s3_options
 
@@ -258,12 +258,7 @@ def run_jobs(cfg: CorpusConfig, jobs: list[ShardJob], opts: dict[str, Any], mixt
         return {}
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        target = address or os.environ.get("RAY_ADDRESS") or "local"  # never a bare init: it may join a stranger
-        kw: dict[str, Any] = {"num_cpus": workers} if target == "local" and workers else {}
-        ray.init(address=target, include_dashboard=bool(os.environ.get("OMNILV_RAY_DASHBOARD")),
-                 log_to_driver=False, configure_logging=False, **kw)
+    started = ensure_ray(address, num_cpus=workers, log_to_driver=False)
     try:
         limit = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         task = ray.remote(num_cpus=1, max_retries=cfg.runtime.retries, retry_exceptions=True)(run_shard)

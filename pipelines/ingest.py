@@ -20,6 +20,7 @@ import ray
 
 from pipelines.read import shard_urls, skip_reason
 from pipelines.schema import INPUT, JSON, REF_INPUT, REF_TARGET, TARGET, TXT, Sample, SchemaError
+from pipelines.storage import arrow_filesystem, arrow_path
 
 #: Row columns: the whitelisted members under plain names (no dots), raw bytes until DecodeCrop.
 COLUMNS = {INPUT: "input", TARGET: "target", TXT: "txt", JSON: "json", REF_INPUT: "ref_input",
@@ -193,16 +194,6 @@ def _ragged(vals: list[np.ndarray]) -> np.ndarray:
     return arr
 
 
-def filesystem(url: str):
-    """pyarrow filesystem for a URL through fsspec (s3fs honours AWS_ENDPOINT_URL); None for local paths."""
-    if "://" not in url or url.startswith("file://"):
-        return None
-    import fsspec
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    return PyFileSystem(FSSpecHandler(fsspec.filesystem(url.split("://", 1)[0])))
-
-
 def read_corpus(corpus: str, sizes: list[tuple[int, int]], *, random_crop: bool = True, use_exemplars: bool = False,
                 seed: int = 0, read_cpus: float = 0.25, max_tasks: int = 2, ledger: Any = None,
                 skip_shards: int = 0) -> ray.data.Dataset:
@@ -214,9 +205,8 @@ def read_corpus(corpus: str, sizes: list[tuple[int, int]], *, random_crop: bool 
     if not urls:
         raise SchemaError(f"{corpus}: the manifest lists no shards" + (f" after the first {skip_shards}"
                                                                      if skip_shards else ""))
-    fs = filesystem(urls[0])
-    if fs is not None:
-        urls = [u.split("://", 1)[1] for u in urls]
+    fs = arrow_filesystem(urls[0])
+    urls = [arrow_path(u) for u in urls]
     ds = ray.data.read_webdataset(urls, filesystem=fs, decoder=WhitelistDecoder(), num_cpus=read_cpus,
                                   concurrency=min(max_tasks, len(urls)), override_num_blocks=len(urls),
                                   file_extensions=None)

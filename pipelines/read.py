@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import fsspec
 
 from pipelines.schema import MANIFEST, MEMBERS, Manifest, Sample, SchemaError
+from pipelines.storage import join
 
 
 @dataclass
@@ -25,11 +26,6 @@ class ReadStats:
 
     samples: int = 0
     skipped: Counter = field(default_factory=Counter)
-
-
-def join(root: str, name: str) -> str:
-    """Join a local path or URL (``s3://bucket/prefix``) with a relative name."""
-    return posixpath.join(root.rstrip("/"), name) if "://" in root else str(_local(root) / name)
 
 
 def _opts(url: str, storage_options: dict | None) -> dict:
@@ -116,9 +112,3 @@ def skip_reason(exc: SchemaError) -> str:
         if f".{m}" in text or f"'{m}'" in text:
             return m
     return "sample"
-
-
-def _local(root: str):
-    from pathlib import Path
-
-    return Path(root.removeprefix("file://"))

@@ -13,19 +13,129 @@ import contextlib
 import errno
 import hashlib
 import os
+import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import fsspec
 
+from omnilv.errors import OmniLVError
 from pipelines.config import S3Config
 
 T = TypeVar("T")
 TMP_MARK = ".tmp-"
 COMMITS = "_commits"
 BUILD_STATE = "_build.json"
+LAST = "omnilv.json"  # an export is complete once this is there (training.model.export.META)
+
+
+class StorageError(OmniLVError):
+    """A path or name that would leave its destination, or storage that is not where it should be."""
+
+
+# -- paths -----------------------------------------------------------------------------------------
+def is_remote(path: str | Path) -> bool:
+    """True for ``scheme://`` URLs other than ``file://``."""
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def inside(name: str, where: str = "") -> str:
+    """``name`` as a relative posix path that stays inside its root, or a :class:`StorageError`.
+
+    Names read from a manifest, a listing or a shard are data: an absolute name, a scheme, a ``..``
+    component or a backslash would reach outside the corpus.
+    """
+    parts = name.split("/")
+    if (not name or name.startswith("/") or "://" in name or "\\" in name
+            or any(p in ("", ".", "..") for p in parts)):
+        raise StorageError(f"{where or 'name'} {name!r} does not stay inside its folder (absolute, '..', "
+                           "a scheme or an empty part); refusing it")
+    return name
+
+
+def join(base: str | Path, *names: str) -> str:
+    """``base/name/…`` for a local folder (made absolute, so workers in other folders agree) or a URL.
+
+    Each name must stay inside ``base`` (see :func:`inside`); the one join of the project.
+    """
+    base = str(base)
+    root = base.rstrip("/") if is_remote(base) else os.path.abspath(base.removeprefix("file://"))
+    return "/".join([root, *(inside(n) for n in names)])
+
+
+def filesystem(url: str) -> Any:
+    """The fsspec filesystem for ``url`` (``s3://`` with :func:`s3_options`: endpoint, region, credentials)."""
+    protocol = url.split("://", 1)[0] if is_remote(url) else "file"
+    return fsspec.filesystem(protocol, **(s3_options() if protocol == "s3" else {}))
+
+
+def arrow_filesystem(url: str) -> Any:
+    """A pyarrow filesystem over the same fsspec client (S3 options honoured); None for a local path."""
+    if not is_remote(url):
+        return None
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    return PyFileSystem(FSSpecHandler(filesystem(url)))
+
+
+def arrow_path(url: str) -> str:
+    """The path pyarrow wants beside :func:`arrow_filesystem`: ``bucket/key``, or an absolute local path."""
+    if is_remote(url):
+        return url.split("://", 1)[1].rstrip("/")
+    return str(Path(url.removeprefix("file://")).resolve())
+
+
+def exists(path: str) -> bool:
+    """Whether a local path or remote object exists."""
+    if not is_remote(path):
+        return Path(path.removeprefix("file://")).exists()
+    return bool(filesystem(path).exists(path))
+
+
+def read_text(path: str) -> str | None:
+    """A small local or remote text file, or None when it does not exist."""
+    try:
+        if not is_remote(path):
+            return Path(path.removeprefix("file://")).read_text()
+        return filesystem(path).cat_file(path).decode()
+    except FileNotFoundError:
+        return None
+
+
+def upload_dir(local: str | Path, url: str) -> None:
+    """Copy the files under ``local`` to ``url`` (same relative names), :data:`LAST` after all others."""
+    fs, local = filesystem(url), Path(local)
+    files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: (p.name == LAST, str(p)))
+    for p in files:
+        dest = f"{url.rstrip('/')}/{p.relative_to(local).as_posix()}"
+        with_retries(lambda p=p, dest=dest: fs.put_file(str(p), dest), f"upload {dest}")
+
+
+@contextlib.contextmanager
+def local_copy(path: str | Path) -> Iterator[Path]:
+    """``path`` itself if local; a remote folder is downloaded to a temp folder for the ``with`` block.
+
+    Every downloaded name must stay inside the temp folder: a key such as ``export/../../x`` is refused.
+    """
+    if not is_remote(path):
+        yield Path(str(path).removeprefix("file://"))
+        return
+    url = str(path).rstrip("/")
+    fs = filesystem(url)
+    bare = url.split("://", 1)[1]
+    found = [f for f in fs.find(bare) if f.startswith(bare + "/")]
+    if not found:
+        raise FileNotFoundError(f"{url}: nothing there (is it the right prefix, and is the upload complete?)")
+    names = [inside(f[len(bare) + 1:], f"{url}: key") for f in found]  # all checked before anything is written
+    with tempfile.TemporaryDirectory(prefix="omnilv-dl-") as tmp:
+        for f, name in zip(found, names, strict=True):
+            dest = Path(tmp, *name.split("/"))
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(f, str(dest))
+        yield Path(tmp)
 
 
 def s3_options(s3: S3Config | None = None) -> dict[str, Any]:
@@ -136,6 +246,10 @@ class Store:
         for name in names:
             with contextlib.suppress(FileNotFoundError):
                 with_retries(lambda n=name: self.fs.rm_file(self.path(n)), f"delete {self.path(name)}")
+
+    def holds_corpus(self) -> bool:
+        """Whether a corpus build has written here (its build state or commit records)."""
+        return self.exists(BUILD_STATE) or bool(self.list(COMMITS))
 
     def clean_temps(self) -> int:
         """Delete temp files a killed writer left (local) and stale multipart uploads (S3)."""

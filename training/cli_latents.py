@@ -58,7 +58,7 @@ def cache_latents(
     if not cfg.data.corpus:
         _fail(ValueError("data.corpus is empty: say which corpus to encode (--set data.corpus=…)"))
     target = out or cfg.data.latents or f"{cfg.data.corpus.rstrip('/')}-latents"
-    from training.latents import cache_latents as run_cache
+    from training.data.latent_cache import cache_latents as run_cache
 
     try:
         res = run_cache(cfg.data.corpus, target, cfg.codec, cfg.text, sizes=cfg.data.sizes,

@@ -1,4 +1,4 @@
-"""``omnilv restore`` and ``omnilv eval``: use an exported model (see :mod:`training.export`).
+"""``omnilv restore`` and ``omnilv eval``: use an exported model (see :mod:`training.model.export`).
 
 Only typer is imported at module level; torch/diffusers load inside the commands.
 """
@@ -34,8 +34,8 @@ def restore(
 
     Example: omnilv restore --checkpoint runs/tiny/export --instruction "Remove the noise." noisy.png clean.png
     """
-    from training.export import ExportError
-    from training.restore import ImageFileError, Restorer, load_image, save_image
+    from training.eval.restore import ImageFileError, Restorer, load_image, save_image
+    from training.model.export import ExportError
 
     if (ref_input is None) != (ref_target is None):
         _fail("--ref-input and --ref-target go together (an exemplar is an input/target pair)")
@@ -83,10 +83,10 @@ def evaluate(
     from rich.progress import Progress
 
     from pipelines.schema import SchemaError
-    from training.evaluate import evaluate as run_eval
-    from training.export import ExportError
-    from training.musiq import MusiqError
-    from training.perceptual import LpipsError
+    from training.eval.evaluate import evaluate as run_eval
+    from training.eval.lpips import LpipsError
+    from training.eval.musiq import MusiqError
+    from training.model.export import ExportError
 
     try:
         with Progress(transient=True) as bar:
@@ -103,7 +103,7 @@ def _print_table(results: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from training.evaluate import table_columns
+    from training.eval.evaluate import table_columns
 
     table = Table(title=f"{results['samples']} samples")
     cols = table_columns(results)

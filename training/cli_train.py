@@ -41,7 +41,7 @@ def train(config: Path = typer.Argument(..., help="Training config YAML, e.g. co
     from pipelines.configfile import ConfigError
     from pipelines.schema import SchemaError
     from training.config import load_train_config
-    from training.deepspeed_config import deepspeed_config
+    from training.run.deepspeed_config import deepspeed_config
 
     try:
         cfg = load_train_config(config, set_)
@@ -50,7 +50,7 @@ def train(config: Path = typer.Argument(..., help="Training config YAML, e.g. co
     if dry_run:
         typer.echo(json.dumps(deepspeed_config(cfg), indent=1))
         return
-    from training.trainer import train as run_train
+    from training.run import run_stage as run_train
 
     try:
         result = run_train(cfg, address=address)

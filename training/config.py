@@ -1,7 +1,7 @@
 """The training config: one validated model per YAML file in ``configs/train/``.
 
 Every field has a one-line doc; ``omnilv train CONFIG --set optim.lr=3e-4`` overrides any of them.
-The DeepSpeed dict is derived from this in :mod:`training.deepspeed_config` (the one place).
+The DeepSpeed dict is derived from this in :mod:`training.run.deepspeed_config` (the one place).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipelines.configfile import load_config
+from pipelines import load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,8 +125,6 @@ class RunSection(_Section):
     """Export the final model (diffusers-style folder) at the end of the run."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     """Log level of Ray Train and the train workers (INFO prints every report and checkpoint)."""
-    fail_at_step: int = Field(0, ge=0)
-    """Test-only: worker rank 1 kills itself once at this step (0: never); proves failure recovery."""
 
 
 class TrainConfig(_Section):

@@ -42,8 +42,7 @@ def split_sources() -> tuple[list[str], list[str]]:
 
 def build_corpora(out: Path, variants: int, crop: int, progress: bool = True) -> tuple[str, str]:
     """Train and held-out corpora under ``out`` with the corpus builder; returns their roots."""
-    from pipelines.build import build_corpus
-    from pipelines.config import load_corpus_config
+    from pipelines import build_corpus, load_corpus_config
 
     roots = []
     for name, uris, n in zip(("train", "heldout"), split_sources(), (variants, 8), strict=True):
@@ -75,9 +74,8 @@ def evaluate(export: str, heldout: str, out: Path, steps: int = 2) -> list[Row]:
     sample and all of them in ``sheet.png``, enlarged ×:data:`ZOOM` (nearest neighbour: every pixel as it is)."""
     import torch
 
-    from pipelines.read import iter_samples
-    from pipelines.schema import encode_png
-    from training.restore import Restorer
+    from pipelines import encode_png, iter_samples
+    from training.eval import Restorer
 
     torch.manual_seed(0)
     restorer = Restorer.from_export(export)
@@ -122,14 +120,15 @@ def print_table(table: dict[str, dict[str, Any]]) -> None:
 def run_quickstart(out: Path, overrides: list[str] = (), address: str | None = None, progress: bool = True,
                    variants: int = 64, crop: int = 32) -> dict[str, Any]:
     """The whole quickstart; returns the PSNR table (also written to ``out/quickstart.json``)."""
-    from training.trainer import ensure_ray, train
+    from pipelines import ensure_ray
+    from training.run import run_stage
 
     out = Path(out).resolve()
     ensure_ray(address)
     train_root, held_root = build_corpora(out / "corpus", variants, crop, progress)
     cfg = quick_config(train_root, out, list(overrides))
     shutil.rmtree(out / "runs" / cfg.run_name, ignore_errors=True)  # a rerun trains afresh, never resumes
-    result = train(cfg, progress=progress)
+    result = run_stage(cfg, progress=progress)
     # Two Euler steps: close to the posterior mean (what PSNR rewards) yet past the one-step blur.
     table = summary(evaluate(result.export, held_root, out / "restored", steps=2))
     report = {"table": table, "train": {"steps": result.metrics.get("step"), "loss": result.metrics.get("loss"),

@@ -6,7 +6,7 @@ import pytest
 
 from pipelines.configfile import ConfigError
 from training.config import load_train_config
-from training.deepspeed_config import deepspeed_config
+from training.run.deepspeed_config import deepspeed_config
 
 
 def cfg(**sections):

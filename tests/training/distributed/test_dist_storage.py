@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from training.config import load_train_config
-from training.trainer import train
+from training.run import run_stage as train
 
 pytestmark = pytest.mark.slow
 
@@ -43,10 +43,10 @@ def test_checkpoints_tensorboard_and_export_land_on_s3(s3_run):
 
 def test_init_from_and_restore_read_the_s3_export(s3_run, tmp_path, small_image):
     from omnilv.cli import app
-    from training.export import load_network
-    from training.loop import _init_weights
-    from training.models.omnilv import OmniLV
-    from training.restore import save_image
+    from training.eval.restore import save_image
+    from training.model.export import load_network
+    from training.model.omnilv import OmniLV
+    from training.run.assemble import init_weights as _init_weights
 
     _, res = s3_run
     exported = load_network(res.export)
@@ -65,7 +65,7 @@ def test_init_from_and_restore_read_the_s3_export(s3_run, tmp_path, small_image)
 
 def test_missing_s3_export_is_a_clear_error(s3_run, tmp_path, small_image):
     from omnilv.cli import app
-    from training.restore import save_image
+    from training.eval.restore import save_image
 
     src = tmp_path / "in.png"
     save_image(small_image[:32, :32], src)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from training.config import load_train_config
-from training.loop import MARKER, is_complete
-from training.trainer import train
+from training.run import MARKER, is_complete
+from training.run import run_stage as train
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +61,7 @@ def test_zero2_ema_is_sharded_round_robin_and_exported(stage1):
     """Each rank averages its own parameters; the export holds the union of the shares, not the raw weights."""
     import json
 
-    from training.export import load_network
+    from training.model.export import load_network
 
     _, res = stage1
     shares = ema_shares(Path(res.checkpoint))
@@ -79,7 +79,7 @@ def test_zero2_ema_is_sharded_round_robin_and_exported(stage1):
 
 def test_bf16_zero2_learns_and_exports_the_fp32_ema(ray_local, tiny_corpus, tmp_path):
     """bf16 on DeepSpeed's CPU accelerator (the GPU path's dtype handling): the export keeps the fp32 EMA."""
-    from training.export import load_network, read_meta
+    from training.model.export import load_network, read_meta
 
     cfg = tiny_cfg(tiny_corpus, tmp_path, "bf16", deepspeed={"precision": "bf16"}, optim={"ema_decay": 0.9},
                    schedule={"steps": 4, "checkpoint_every": 4, "eval_every": 4})
@@ -112,11 +112,11 @@ def test_second_run_resumes_at_the_checkpointed_step(stage1, tiny_corpus):
 
 
 def test_zero3_killed_worker_resumes_from_last_checkpoint(ray_local, tiny_corpus, tmp_path):
-    from training.export import load_network
+    from training.model.export import load_network
 
     cfg = tiny_cfg(tiny_corpus, tmp_path, "z3", deepspeed={"zero_stage": 3}, optim={"ema_decay": 0.9},
-                   schedule={"steps": 4, "checkpoint_every": 2, "eval_every": 0}, run={"fail_at_step": 3})
-    res = train(cfg, progress=False)
+                   schedule={"steps": 4, "checkpoint_every": 2, "eval_every": 0})
+    res = train(cfg, progress=False, fault_at_step=3)
     assert (tmp_path / "z3" / "injected-failure").read_text() == "3"  # rank 1 really died at step 3
     assert res.metrics["step"] == 4 and res.metrics["resumed_from"] == 2
     net = load_network(res.export)  # full weights gathered from the ZeRO-3 partitions
@@ -131,7 +131,7 @@ def test_zero3_killed_worker_resumes_from_last_checkpoint(ray_local, tiny_corpus
 
 
 def test_stage2_starts_from_stage1_weights_with_exemplars(stage1, tiny_corpus, tmp_path):
-    from training.export import load_network
+    from training.model.export import load_network
 
     _, res1 = stage1
     cfg = tiny_cfg(tiny_corpus, tmp_path, "s2", stage={"init_from": res1.export}, data={"use_exemplars": True},
@@ -146,7 +146,7 @@ def test_stage2_starts_from_stage1_weights_with_exemplars(stage1, tiny_corpus, t
 def test_resume_plan_skips_whole_shards_already_read_this_epoch(tiny_corpus, tmp_path):
     import json
 
-    from training.trainer import resume_plan
+    from training.run import resume_plan
 
     snapshot = tmp_path / "rp" / "checkpoint_manager_snapshot.json"
     snapshot.parent.mkdir()

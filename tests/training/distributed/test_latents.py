@@ -21,10 +21,11 @@ from pipelines.ingest import SkipLedger, crop_pair
 from pipelines.read import iter_samples, load_manifest
 from pipelines.schema import MANIFEST
 from training.config import load_train_config
-from training.data import collate, to_tensor
-from training.encoders import ImageCodec, TextEncoder
-from training.latents import COLUMNS, LATENTS_JSON, LatentCacheError, cache_latents
-from training.latents_read import read_latents
+from training.data.batches import collate, to_tensor
+from training.data.latent_cache import cache_latents
+from training.data.latent_format import COLUMNS, LATENTS_JSON, LatentCacheError
+from training.data.latent_read import read_latents
+from training.model.encoders import ImageCodec, TextEncoder
 
 SIZE = 16
 
@@ -138,7 +139,7 @@ def test_a_cache_is_never_overwritten_silently_nor_written_into_a_corpus(cache, 
 
 
 def test_a_samples_bytes_do_not_depend_on_its_batch_neighbours(vae_dir):
-    from training.latents import EncodeLatents
+    from training.data.latent_cache import EncodeLatents
 
     rng = np.random.default_rng(0)
     n = 6
@@ -167,7 +168,7 @@ def test_rebuild_is_byte_identical(cache, tiny_corpus, vae_dir, tmp_path):
 
 
 def test_a_cache_built_with_another_codec_is_refused(cache, tiny_corpus, vae_dir, tmp_path):
-    from training.trainer import make_trainer
+    from training.run.driver import make_trainer
 
     out, _ = cache
     cfg = load_train_config({"codec": "pixel", "data": {"latents": str(out), "resolution": SIZE}})
@@ -208,7 +209,7 @@ def _keys(shard: Path) -> set[str]:
 
 @pytest.mark.slow
 def test_training_on_the_cache_runs_with_the_vae_channels(cache, vae_dir, tmp_path):
-    from training.trainer import train
+    from training.run import run_stage as train
 
     out, _ = cache
     cfg = load_train_config({
@@ -240,7 +241,8 @@ def test_resume_plan_counts_the_cache_shards(cache, vae_dir, tmp_path):
     """A rerun on a latent cache leaves out the cache shards its interrupted epoch already read."""
     import json
 
-    from training.trainer import make_datasets, resume_plan
+    from training.data import make_datasets
+    from training.run import resume_plan
 
     out, _ = cache
     counts = [s.samples for s in load_manifest(str(out)).shards]
@@ -252,5 +254,5 @@ def test_resume_plan_counts_the_cache_shards(cache, vae_dir, tmp_path):
     (tmp_path / "lr" / "checkpoint_manager_snapshot.json").write_text(
         json.dumps({"checkpoint_results": [{"metrics": {"step": step}}]}))
     assert resume_plan(cfg) == {"step": step, "shards": 1, "samples": counts[0], "epoch_samples": sum(counts)}
-    datasets, _ = make_datasets(cfg)
+    datasets = make_datasets(cfg, skip_shards=resume_plan(cfg)["shards"])
     assert datasets["resume"].count() == sum(counts[1:]) and datasets["train"].count() == sum(counts)

@@ -38,9 +38,9 @@ def eval_inputs(tmp_path, small_image) -> tuple[Path, Path]:
     import webdataset as wds
 
     from pipelines.schema import Manifest, Sample, ShardRecord, shard_name
-    from training.export import export_model
-    from training.flow import FlowMatching
-    from training.models import OmniLV
+    from training.model import OmniLV
+    from training.model.export import export_model
+    from training.model.flow import FlowMatching
 
     torch.manual_seed(0)
     export_model(FlowMatching(OmniLV.from_preset("tiny")), "tiny", "pixel", tmp_path / "model", sampler={"steps": 1})

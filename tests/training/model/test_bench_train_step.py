@@ -18,12 +18,12 @@ def bench():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     os.environ.clear()
-    os.environ.update(env)  # the script sets OMNILV_QUIET for itself
+    os.environ.update(env)
     return module
 
 
 def test_mfu_bench_runs_bf16_training_steps(bench):
-    import training.models.omnilv as omnilv_mod
+    import training.model.omnilv as omnilv_mod
 
     guard = omnilv_mod._non_empty
     r = bench.mfu_bench(torch.device("cpu"), "tiny", latent=8, batch=2, peak=1e12, iters=2, warmup=1)
@@ -36,7 +36,7 @@ def test_flops_of_the_2b_preset_follow_six_n_t(bench):
     """Training FLOPs ≈ 6 × parameters × image tokens: attention's T² adds some, and the weights that see only
     the 128 text tokens (cross-attention keys/values, caption projection) or one vector per sample take some
     away (0.91 when written)."""
-    from training.models.omnilv import OmniLV
+    from training.model.omnilv import OmniLV
 
     with torch.device("meta"):
         n = sum(p.numel() for p in OmniLV.from_preset("2b").parameters() if p.requires_grad)

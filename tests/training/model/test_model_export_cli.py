@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 
 from omnilv.cli import app
 from pipelines.schema import Manifest, Sample, ShardRecord, shard_name
-from training.encoders import ImageCodec, TextEncoder
-from training.export import ExportError, export_model, load_exported
-from training.flow import FlowMatching
-from training.metrics import PSNR_CAP, psnr, ssim
-from training.models import OmniLV
-from training.restore import load_image, save_image
+from training.eval.metrics import PSNR_CAP, psnr, ssim
+from training.eval.restore import load_image, save_image
+from training.model import OmniLV
+from training.model.encoders import ImageCodec, TextEncoder
+from training.model.export import ExportError, export_model, load_exported
+from training.model.flow import FlowMatching
 
 runner = CliRunner()
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.flow import EMA, FlowMatching, null_text
-from training.models import OmniLV
+from training.model import OmniLV
+from training.model.flow import FlowMatching, null_text
+from training.run.ema import EMA
 
 
 def _flow(**kw) -> FlowMatching:

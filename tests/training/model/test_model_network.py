@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.models import OmniLV, OmniLVConfig
-from training.models.presets import preset
+from training.model import OmniLV, OmniLVConfig
+from training.model.presets import preset
 
 
 def _inputs(B: int = 2, C: int = 3, H: int = 8, W: int = 12, T: int = 32, seed: int = 0) -> dict:

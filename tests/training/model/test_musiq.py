@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from omnilv.cli import app
 from pipelines.read import ReadStats, iter_samples
-from training.musiq import MUSIQ, MusiqError, multiscale_patches
+from training.eval.musiq import MUSIQ, MusiqError, multiscale_patches
 
 runner = CliRunner()
 BLOCK = "transformer_encoder.transformer.encoderblock_"

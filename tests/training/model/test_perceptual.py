@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from omnilv.cli import app
-from training.perceptual import CHANNELS, CONVS, LPIPS, LpipsError
+from training.eval.lpips import CHANNELS, CONVS, LPIPS, LpipsError
 
 runner = CliRunner()
 

@@ -1,4 +1,4 @@
-"""Size presets for :class:`training.models.omnilv.OmniLVConfig`: data, not flags.
+"""Size presets for :class:`training.model.omnilv.OmniLVConfig`: data, not flags.
 
 ``tiny`` runs a forward/backward on CPU in milliseconds (tests); ``small`` is the CPU quickstart;
 ``2b`` is the paper's Lumina-Next 2B backbone (dim 2304, 24 layers, 32 heads, patch 2) over a

@@ -12,13 +12,13 @@ members, so nothing is ever unpickled. Images are encoded in zero-padded micro-b
 each instruction alone, so a sample's bytes never depend on its neighbours: the same corpus and settings
 give the same bytes on CPU.
 
-Training reads a cache through :mod:`training.latents_read`.
+The member format is :mod:`training.data.latent_format`; training reads a cache through
+:mod:`training.data.latent_read`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import time
@@ -31,55 +31,31 @@ import fsspec
 import numpy as np
 import ray
 
-from pipelines.build import tar_bytes
-from pipelines.ingest import SkipLedger, read_corpus
-from pipelines.read import join, load_manifest
-from pipelines.schema import JSON, MANIFEST, TXT, Manifest, SchemaError, ShardRecord, shard_name
-from pipelines.storage import BUILD_STATE, COMMITS, TMP_MARK, Store, s3_options
-
-LATENTS_JSON = "latents.json"
-KIND = "omnilv-latents"
-#: Whitelisted cache members -> row columns; the tar member order.
-COLUMNS = {"target.npy": "target", "input.npy": "input", "ref_input.npy": "ref_input",
-           "ref_target.npy": "ref_target", "text.npy": "text", TXT: "txt", JSON: "json"}
-ARRAYS = ("target", "input", "ref_input", "ref_target", "text")
-NPY_MAGIC = b"\x93NUMPY"
-
-
-class LatentCacheError(ValueError):
-    """A latent cache is missing, corrupt, or does not fit the training config; the message says what to do."""
-
-
-class CorruptMember(SchemaError):
-    def __init__(self, member: str, why: str) -> None:
-        super().__init__(f"{member}: {why}")
-        self.member = member
-
-
-def npy_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
-    return buf.getvalue()
-
-
-def load_npy(data: bytes, member: str) -> np.ndarray:
-    """A float32 ``.npy`` member; anything else (pickled objects, ``.npz``, other dtypes) is refused."""
-    if bytes(data[:6]) != NPY_MAGIC:
-        raise CorruptMember(member, "not a .npy array")
-    try:
-        arr = np.load(io.BytesIO(bytes(data)), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise CorruptMember(member, f"unreadable .npy ({exc})") from None
-    if arr.dtype != np.float32:
-        raise CorruptMember(member, f"dtype {arr.dtype}, expected float32")
-    return arr
-
-
-def canonical_spec(spec: str) -> str:
-    """Named specs as they are; a local folder as its absolute path (so ``./vae`` and ``/abs/vae`` match)."""
-    if spec in ("pixel", "tiny", "minilm") or "://" in spec:
-        return spec
-    return str(Path(spec).expanduser().resolve())
+from pipelines import (
+    JSON,
+    MANIFEST,
+    TXT,
+    Manifest,
+    ShardRecord,
+    SkipLedger,
+    Store,
+    ensure_ray,
+    join,
+    load_manifest,
+    read_corpus,
+    s3_options,
+    shard_name,
+    tar_bytes,
+)
+from training.data.latent_format import (
+    ARRAYS,
+    COLUMNS,
+    KIND,
+    LATENTS_JSON,
+    LatentCacheError,
+    canonical_spec,
+    npy_bytes,
+)
 
 
 # -- building ----------------------------------------------------------------------------------------
@@ -90,7 +66,7 @@ class EncodeLatents:
                  threads: int = 1) -> None:
         import torch
 
-        from training.encoders import ImageCodec, TextEncoder
+        from training.model import ImageCodec, TextEncoder
 
         torch.set_num_threads(max(1, threads))
         self.device = torch.device("cuda" if use_gpu else "cpu")  # Ray gave this actor one GPU when asked
@@ -120,7 +96,7 @@ class EncodeLatents:
 
     def _encode_images(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Same-shape images in zero-padded micro-batches of one fixed size (CPU kernels vary with batch size)."""
-        from training.data import to_tensor
+        from training.data.batches import to_tensor
 
         out: list[np.ndarray] = [np.empty(0)] * len(images)
         by_shape: dict[tuple, list[int]] = defaultdict(list)
@@ -192,8 +168,7 @@ def cache_latents(corpus: str, out: str, codec: str, text: str, *, sizes: list[t
     One actor per GPU (``num_gpus=1``) or ``concurrency`` CPU actors; ``shards`` defaults to the corpus' count.
     Joins Ray at ``address`` (or ``$RAY_ADDRESS``, else a private local instance) unless it is already up.
     """
-    from training.encoders import ImageCodec
-    from training.trainer import ensure_ray
+    from training.model import ImageCodec
 
     t0 = time.perf_counter()
     source = load_manifest(corpus)  # clear errors for a missing corpus or codec/text folder, before any Ray work
@@ -263,7 +238,7 @@ def check_specs(text: str, downsample: int, sizes: list[tuple[int, int]]) -> Non
 def prepare_out(store: Store, corpus: str, overwrite: bool) -> None:
     """Refuse to write over a corpus or (without ``overwrite``) a cache; clear what a previous build left."""
     src = corpus.rstrip("/") if "://" in corpus else os.path.abspath(corpus.removeprefix("file://"))
-    if store.root == src or store.exists(BUILD_STATE) or store.list(COMMITS):
+    if store.root == src or store.holds_corpus():
         raise LatentCacheError(f"{store.root} holds a corpus; write the latent cache to its own folder (--out)")
     if store.exists(MANIFEST):
         if Manifest.from_json(store.read(MANIFEST).decode()).extra.get("kind") != KIND:
@@ -271,5 +246,6 @@ def prepare_out(store: Store, corpus: str, overwrite: bool) -> None:
         if not overwrite:
             raise LatentCacheError(f"{store.root} already holds a latent cache; pass --overwrite to rebuild it "
                                    "or choose another --out")
-    stale = [n for n in store.list() if n.startswith("shard-") or n == LATENTS_JSON or TMP_MARK in n]
+    stale = [n for n in store.list() if n.startswith("shard-") or n == LATENTS_JSON]
     store.remove([MANIFEST] + stale)  # manifest first: readers stop at once
+    store.clean_temps()

@@ -1,4 +1,4 @@
-"""Rectified-flow objective, ODE sampler and EMA, apart from the network (STYLE habit 10).
+"""Rectified-flow objective and ODE sampler, apart from the network (STYLE habit 10).
 
 Convention (Lumina-Next: "t = 0 is the noise and t = 1 is the image"):
 
@@ -13,18 +13,17 @@ also what instruction dropout feeds during training.
 
 :class:`FlowMatching` is the one module handed to ``deepspeed.initialize``. Gradient clipping is
 DeepSpeed's ``gradient_clipping`` (or ``torch.nn.utils.clip_grad_norm_`` in a bare loop) — the
-caller's job, as is calling :meth:`EMA.update` after each optimizer step.
+caller's job, as is the EMA of the weights (:mod:`training.run.ema`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Literal
 
 import torch
 from torch import nn
 
-from training.models.omnilv import OmniLV
+from training.model.omnilv import OmniLV
 
 TimestepSampling = Literal["uniform", "logit_normal"]
 
@@ -118,58 +117,3 @@ class FlowMatching(nn.Module):
 def _where_text(drop: torch.Tensor, if_true: tuple, if_false: tuple) -> tuple[torch.Tensor, torch.Tensor]:
     (t1, m1), (t0, m0) = if_true, if_false
     return torch.where(drop.view(-1, 1, 1), t1, t0), torch.where(drop.view(-1, 1), m1, m0)
-
-
-class EMA:
-    """Exponential moving average of the trainable parameters, kept in float32.
-
-    Call :meth:`update` after each optimizer step. Under ZeRO-3 the parameters are partitioned:
-    gather them first (``deepspeed.zero.GatheredParameters``) or keep the EMA on rank 0 only.
-    """
-
-    def __init__(self, model: nn.Module | Mapping[str, torch.Tensor], decay: float = 0.999,
-                 warmup: bool = True) -> None:
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
-        self.decay, self.warmup, self.num_updates = decay, warmup, 0
-        self.shadow = {n: p.detach().float().clone() for n, p in _tensors(model).items()}
-
-    def current_decay(self) -> float:
-        """With warmup, early averages forget the random init faster: min(decay, (1+n)/(10+n))."""
-        n = self.num_updates
-        return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
-
-    @torch.no_grad()
-    def update(self, model: nn.Module | Mapping[str, torch.Tensor]) -> None:
-        """Average in the current values (a module, or name -> tensor as given to the constructor)."""
-        d = self.current_decay()
-        for n, p in _tensors(model).items():
-            if n in self.shadow:
-                self.shadow[n].lerp_(p.detach().float(), 1.0 - d)
-        self.num_updates += 1
-
-    @torch.no_grad()
-    def copy_to(self, model: nn.Module) -> None:
-        """Write the averaged weights into ``model`` (same parameter names)."""
-        for n, p in model.named_parameters():
-            if n in self.shadow:
-                p.copy_(self.shadow[n].to(p.dtype))
-
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "warmup": self.warmup, "num_updates": self.num_updates,
-                "shadow": dict(self.shadow)}
-
-    def load_state_dict(self, state: dict) -> None:
-        missing = set(self.shadow) - set(state["shadow"])
-        if missing:
-            raise KeyError(f"EMA state lacks {len(missing)} parameters, e.g. {sorted(missing)[:3]}")
-        self.decay, self.warmup = float(state["decay"]), bool(state["warmup"])
-        self.num_updates = int(state["num_updates"])
-        self.shadow = {n: state["shadow"][n].float().clone() for n in self.shadow}
-
-
-def _tensors(model: nn.Module | Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
-    """The trainable parameters of a module by name, or a name -> tensor mapping as it is."""
-    if isinstance(model, nn.Module):
-        return {n: p for n, p in model.named_parameters() if p.requires_grad}
-    return model

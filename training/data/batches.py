@@ -1,7 +1,8 @@
 """Worker side of the data path: dataset-shard batches -> model inputs (latents + text features).
 
 Rows arrive from :mod:`pipelines.ingest` as float32 (H, W, 3) images in [0, 1], or from a latent cache
-(:mod:`training.latents`) already encoded: ``x1``/``cond``/``ref_*`` latents and padded ``text`` + ``text_mask``.
+(:mod:`training.data.latent_cache`) already encoded: ``x1``/``cond``/``ref_*`` latents and padded ``text`` +
+``text_mask``.
 With one resolution bucket they stack into fixed-shape batches inside ``iter_torch_batches``; with several,
 rows are regrouped here so that every batch has one shape (aspect-ratio bucketing).
 """

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.weights import load_tensors
+from training.eval.weights import load_tensors
 
 PATCH = 32
 LONGER_SIDES = (224, 384)  # the resized scales (ids 0, 1); the original resolution is the last scale (id 2)

@@ -1,4 +1,4 @@
-"""Reading a latent cache (:mod:`training.latents`) for training: checked against the config, never unpickled.
+"""Reading a latent cache (:mod:`training.data.latent_cache`) for training: checked against the config, never unpickled.
 
 ``ray.data.read_webdataset`` reads the shards the cache's manifest lists, with its decoder switched off: the
 corpus reader's :class:`pipelines.ingest.WhitelistDecoder` keeps only the cache's members (``.pyd``,
@@ -15,11 +15,18 @@ import fsspec
 import numpy as np
 import ray
 
-from pipelines.ingest import RowDecoder, WhitelistDecoder, filesystem
-from pipelines.read import join, load_manifest, shard_urls
-from pipelines.schema import JSON
-from pipelines.storage import s3_options
-from training.latents import (
+from pipelines import (
+    JSON,
+    RowDecoder,
+    WhitelistDecoder,
+    arrow_filesystem,
+    arrow_path,
+    join,
+    load_manifest,
+    s3_options,
+    shard_urls,
+)
+from training.data.latent_format import (
     ARRAYS,
     COLUMNS,
     KIND,
@@ -111,9 +118,8 @@ def read_latents(root: str, *, read_cpus: float = 0.25, max_tasks: int = 2, ledg
     urls = shard_urls(root, manifest)[skip_shards:]
     if not urls:
         raise LatentCacheError(f"{root}: the manifest lists no shards")
-    fs = filesystem(urls[0])
-    if fs is not None:
-        urls = [u.split("://", 1)[1] for u in urls]
+    fs = arrow_filesystem(urls[0])
+    urls = [arrow_path(u) for u in urls]
     ds = ray.data.read_webdataset(urls, filesystem=fs, decoder=WhitelistDecoder(COLUMNS), num_cpus=read_cpus,
                                   concurrency=min(max_tasks, len(urls)), override_num_blocks=len(urls),
                                   file_extensions=None)

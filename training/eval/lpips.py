@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.weights import load_tensors
+from training.eval.weights import load_tensors
 
 CHANNELS = (64, 192, 384, 256, 256)
 #: (in, out, kernel, stride, padding) of AlexNet's five convolutions, at torchvision's ``features`` indices.

@@ -1,13 +1,12 @@
-"""``omnilv train``: a Ray Train ``TorchTrainer`` over the corpus, one DeepSpeed engine per worker.
+"""The driver of ``omnilv train``: a Ray Train ``TorchTrainer`` over the corpus, one DeepSpeed engine per worker.
 
-The driver reads the manifest-listed shards with Ray Data (:func:`pipelines.ingest.read_corpus`),
-hands them to Ray Train (``DataConfig`` streaming-splits them across workers), and shows a rich
-progress bar fed by a tiny :class:`ProgressBoard` actor that rank 0 updates.
+It reads the manifest-listed shards with Ray Data (:func:`training.data.make_datasets`), hands them to Ray Train
+(``DataConfig`` streaming-splits them across workers, each running :func:`training.run.worker.train_loop_per_worker`),
+and shows a rich progress bar fed by a tiny :class:`ProgressBoard` actor that rank 0 updates.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -16,9 +15,12 @@ from typing import Any
 
 import ray
 
+from pipelines import SkipLedger, arrow_filesystem, arrow_path, ensure_ray
 from training.config import TrainConfig
-from training.loop import export_dir, train_loop_per_worker
-from training.runstore import join, ray_storage, read_text
+from training.data import make_datasets
+from training.run.checkpoint import resume_plan
+from training.run.export_final import export_dir
+from training.run.worker import train_loop_per_worker
 
 
 @ray.remote(num_cpus=0)
@@ -46,76 +48,14 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def ensure_ray(address: str | None = None) -> None:
-    """Join ``address`` / ``$RAY_ADDRESS``, else start a private local instance — never a bare ``ray.init()``."""
-    if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True,
-                 include_dashboard=False, configure_logging=False)
-
-
 def forwarded_env() -> dict[str, str]:
     """The driver's ``AWS_*`` settings, for workers of a Ray instance started before they were exported
     (on a cluster the nodes' own environment or instance role provides them)."""
     return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
 
 
-def committed_step(cfg: TrainConfig) -> int:
-    """The step of the run's newest committed checkpoint (what a rerun resumes from), 0 if none."""
-    text = read_text(join(cfg.run.storage_path, cfg.run_name, "checkpoint_manager_snapshot.json"))
-    if not text:
-        return 0
-    try:
-        results = json.loads(text).get("checkpoint_results", [])
-        return max((int(r.get("metrics", {}).get("step", 0)) for r in results), default=0)
-    except (ValueError, AttributeError, TypeError):
-        return 0  # an unreadable snapshot only costs the resume its data position, never the run
-
-
-def resume_plan(cfg: TrainConfig) -> dict[str, int]:
-    """Where a rerun picks up the data: whole manifest shards already read in the interrupted epoch are left
-    out of its first pass. Approximate (Ray Data reads shards concurrently), but a run that is stopped and
-    rerun many times no longer reads the corpus's (or latent cache's) first shards again each time.
-    ``epoch_samples`` (the manifest's sample count) lets each worker number its passes from its step."""
-    from pipelines.read import load_manifest
-
-    step = committed_step(cfg)
-    counts = [s.samples for s in load_manifest(cfg.data.latents or cfg.data.corpus).shards]
-    plan = {"step": step, "shards": 0, "samples": 0, "epoch_samples": sum(counts)}
-    if not step:
-        return plan
-    offset = step * cfg.global_batch % max(sum(counts), 1)
-    for n in counts[:-1]:  # always keep at least one shard
-        if plan["samples"] + n > offset:
-            break
-        plan["shards"] += 1
-        plan["samples"] += n
-    return plan
-
-
-def make_datasets(cfg: TrainConfig, ledger: Any = None) -> tuple[dict[str, Any], dict[str, int]]:
-    """({"train": every sample[, "resume": the interrupted epoch's unread shards]}, the resume plan)."""
-    from functools import partial
-
-    from pipelines.ingest import read_corpus
-
-    d = cfg.data
-    if d.latents:  # already encoded: checked against this config's codec/text/sizes, then read
-        from training.latents_read import training_dataset
-
-        read = partial(training_dataset, cfg, ledger)
-    else:
-        read = partial(read_corpus, d.corpus, d.sizes, random_crop=d.random_crop, use_exemplars=d.use_exemplars,
-                       seed=cfg.run.seed, read_cpus=d.read_cpus, max_tasks=d.max_read_tasks, ledger=ledger)
-    datasets, resume = {"train": read()}, resume_plan(cfg)
-    if resume["shards"]:  # the rest of the interrupted epoch first, then full epochs
-        datasets["resume"] = read(skip_shards=resume["shards"])
-    if d.materialize:
-        datasets = {k: v.materialize() for k, v in datasets.items()}
-    return datasets, resume
-
-
-def make_trainer(cfg: TrainConfig, board: Any = None, ledger: Any = None):
-    """The configured ``TorchTrainer`` (not started)."""
+def make_trainer(cfg: TrainConfig, board: Any = None, ledger: Any = None, fault_at_step: int = 0):
+    """The configured ``TorchTrainer`` (not started); ``fault_at_step`` is a test hook (:mod:`training.run.faults`)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -123,12 +63,13 @@ def make_trainer(cfg: TrainConfig, board: Any = None, ledger: Any = None):
         raise ValueError("data.corpus is empty: point it at a corpus folder or s3:// prefix (--set data.corpus=…)")
     # Our own progress bar reports training; Ray Data's per-operator bars would interleave with it.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    datasets, resume = make_datasets(cfg, ledger)
-    storage, filesystem = ray_storage(cfg.run.storage_path)
+    resume = resume_plan(cfg)
+    datasets = make_datasets(cfg, ledger, skip_shards=resume["shards"])
+    storage, filesystem = arrow_path(cfg.run.storage_path), arrow_filesystem(cfg.run.storage_path)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "board": board, "env": forwarded_env(),
-                           "resume": resume, "ledger": ledger},
+                           "resume": resume, "ledger": ledger, "fault_at_step": fault_at_step},
         scaling_config=ScalingConfig(num_workers=cfg.run.workers, use_gpu=cfg.run.use_gpu,
                                      resources_per_worker={"CPU": cfg.run.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
@@ -141,13 +82,15 @@ def make_trainer(cfg: TrainConfig, board: Any = None, ledger: Any = None):
     )
 
 
-def train(cfg: TrainConfig, *, address: str | None = None, progress: bool = True) -> TrainResult:
-    """Run one stage to ``schedule.steps`` (resuming from the run's latest checkpoint); returns its result."""
-    from pipelines.ingest import SkipLedger
+def run_stage(cfg: TrainConfig, *, address: str | None = None, progress: bool = True,
+              fault_at_step: int = 0) -> TrainResult:
+    """Run one stage to ``schedule.steps`` (resuming from the run's latest checkpoint); returns its result.
 
+    ``fault_at_step`` is a test hook: one worker dies once at that step (:mod:`training.run.faults`).
+    """
     ensure_ray(address)
     board, ledger = ProgressBoard.remote(), SkipLedger.remote()
-    trainer = make_trainer(cfg, board, ledger)
+    trainer = make_trainer(cfg, board, ledger, fault_at_step)
     t0 = time.perf_counter()
     result = _fit_with_progress(trainer, board, cfg.schedule.steps) if progress else trainer.fit()
     if result.error is not None:

@@ -32,7 +32,7 @@ from diffusers.models.embeddings import get_2d_rotary_pos_embed_lumina
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from training.models.presets import preset as _preset
+from training.model.presets import preset as _preset
 
 
 class OmniLVConfig(BaseModel):

@@ -14,9 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.encoders import ImageCodec, TextEncoder
-from training.export import load_exported
-from training.flow import FlowMatching
+from training.model import FlowMatching, ImageCodec, TextEncoder, load_exported
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 

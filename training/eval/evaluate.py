@@ -2,9 +2,9 @@
 
 Writes ``results.json``, ``index.html`` and ``sheet.png`` (one row per task: input | restored | target).
 The corpus is read through :func:`pipelines.read.iter_samples` (manifest-listed shards, whitelisted
-members only). LPIPS is added when ``lpips`` names a folder of local weights (:mod:`training.perceptual`), and
+members only). LPIPS is added when ``lpips`` names a folder of local weights (:mod:`training.eval.lpips`), and
 MUSIQ, a no-reference quality score where higher is better, of the restored output and of the input when ``musiq``
-names a local pyiqa checkpoint or its folder (:mod:`training.musiq`).
+names a local pyiqa checkpoint or its folder (:mod:`training.eval.musiq`).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from training.metrics import psnr, ssim
-from training.musiq import MUSIQ, PATCH
-from training.perceptual import LPIPS
-from training.restore import Restorer, save_image
+from training.eval.lpips import LPIPS
+from training.eval.metrics import psnr, ssim
+from training.eval.musiq import MUSIQ, PATCH
+from training.eval.restore import Restorer, save_image
 
 SHEET_ROW = 128  # pixels: each sheet row is resized to this height
 
@@ -30,7 +30,7 @@ def evaluate(checkpoint: str | Path, corpus: str, out_dir: str | Path, *, limit:
              steps: int | None = None, guidance: float | None = None, seed: int = 0, lpips: str | Path | None = None,
              musiq: str | Path | None = None, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Restore up to ``limit`` corpus samples, score them, write the report; returns the results dict."""
-    from pipelines.read import ReadStats, iter_samples
+    from pipelines import ReadStats, iter_samples
 
     perceptual = LPIPS.from_folder(lpips) if lpips else None  # before the slow part: bad weights fail fast
     quality = MUSIQ.from_path(musiq) if musiq else None

@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from training.encoders import ImageCodec, TextEncoder
-from training.flow import FlowMatching
-from training.models.omnilv import OmniLV, OmniLVConfig
-from training.runstore import local_copy
+from pipelines import local_copy
+from training.model.encoders import ImageCodec, TextEncoder
+from training.model.flow import FlowMatching
+from training.model.omnilv import OmniLV, OmniLVConfig
 
 FORMAT_VERSION = 1
 META, CONFIG, MODULES, BACKBONE = "omnilv.json", "omnilv_config.json", "omnilv_modules.safetensors", "backbone"

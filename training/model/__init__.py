@@ -1,0 +1,15 @@
+"""The OmniLV model: the network (diffusers' Lumina-Next DiT + our adapter), size presets, the flow-matching
+objective, the frozen encoders, and the exported-model format.
+
+Where to start reading: ``omnilv.py`` (the network), then ``flow.py`` (loss and sampler).
+"""
+
+from omnilv.lazy import door
+
+__all__, __getattr__ = door(__name__, {
+    "OmniLV": ".omnilv", "OmniLVConfig": ".omnilv", "PRESETS": ".presets", "preset": ".presets",
+    "FlowMatching": ".flow", "null_text": ".flow",
+    "ImageCodec": ".encoders", "TextEncoder": ".encoders",
+    "export_model": ".export", "load_exported": ".export", "load_network": ".export", "read_meta": ".export",
+    "ExportError": ".export",
+})
