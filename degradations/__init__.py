@@ -1,6 +1,15 @@
 """The degradation / task plugin library: contract, registry, composition, kernels, built-ins."""
 
-from degradations.base import Annotations, Degradation, PluginError
+from degradations.base import (
+           Annotations,
+           Degradation,
+           PluginError,
+           allowed,
+           draw_bool,
+           draw_float,
+           draw_int,
+           limits,
+)
 from degradations.compose import (
            Apply,
            Chain,
@@ -16,4 +25,5 @@ from degradations.compose import (
 )
 
 __all__ = ["Annotations", "Apply", "Chain", "Degradation", "Maybe", "OneOf", "PluginError", "Shuffle", "Step",
-           "Synthesis", "Task", "replay", "synthesize", "task_for"]
+           "Synthesis", "Task", "allowed", "draw_bool", "draw_float", "draw_int", "limits", "replay", "synthesize",
+           "task_for"]

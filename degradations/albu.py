@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 
 from degradations import kernels
-from degradations.base import Degradation, allowed, limits
-from degradations.blur import uniform
+from degradations.base import Degradation, allowed, draw_float, draw_int, limits
 
 
 def run_albu(transform: Any, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -41,8 +40,8 @@ class Spatter(Degradation):
     cutout_range: tuple[float, float] = limits(0.0, 1.0, (0.6, 0.72))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"mode": str(rng.choice(self.mode_choices)), "intensity": uniform(rng, self.intensity_range),
-                "cutout": uniform(rng, self.cutout_range)}
+        return {"mode": str(rng.choice(self.mode_choices)), "intensity": draw_float(rng, self.intensity_range),
+                "cutout": draw_float(rng, self.cutout_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, mode: str, intensity: float,
               cutout: float) -> np.ndarray:
@@ -68,8 +67,8 @@ class SunFlare(Degradation):
     circles_range: tuple[int, int] = limits(0, 20, (4, 10))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"radius": uniform(rng, self.radius_range),
-                "circles": int(rng.integers(self.circles_range[0], self.circles_range[1] + 1))}
+        return {"radius": draw_float(rng, self.radius_range),
+                "circles": draw_int(rng, self.circles_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, radius: float, circles: int) -> np.ndarray:
         import albumentations as A
@@ -92,8 +91,8 @@ class Shadow(Degradation):
     intensity_range: tuple[float, float] = limits(0.0, 1.0, (0.4, 0.7))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"count": int(rng.integers(self.count_range[0], self.count_range[1] + 1)),
-                "intensity": uniform(rng, self.intensity_range)}
+        return {"count": draw_int(rng, self.count_range),
+                "intensity": draw_float(rng, self.intensity_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, count: int, intensity: float) -> np.ndarray:
         # RandomShadow's model over the whole image: polygons of 5 uniform random vertices.

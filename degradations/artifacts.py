@@ -9,14 +9,9 @@ import cv2
 import numpy as np
 
 from degradations import kernels
-from degradations.base import Degradation, allowed, limits
-from degradations.blur import uniform
+from degradations.base import Degradation, allowed, draw_float, draw_int, limits
 
 _FILL = {"black": 0.0, "white": 1.0, "grey": 0.5}
-
-
-def _int(rng: np.random.Generator, bounds: tuple[int, int]) -> int:
-    return int(rng.integers(bounds[0], bounds[1] + 1))
 
 
 def _point(rng: np.random.Generator, h: int, w: int) -> tuple[int, int]:
@@ -79,7 +74,7 @@ class InpaintLines(Degradation):
     fill_choices: tuple[str, ...] = allowed(tuple(_FILL), ("black", "white"))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"count": _int(rng, self.count_range), "width": uniform(rng, self.width_range),
+        return {"count": draw_int(rng, self.count_range), "width": draw_float(rng, self.width_range),
                 "fill": str(rng.choice(self.fill_choices))}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, count: int, width: float, fill: str) -> np.ndarray:
@@ -99,7 +94,7 @@ class InpaintBoxes(Degradation):
     fill_choices: tuple[str, ...] = allowed(tuple(_FILL), ("black", "white", "grey"))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"count": _int(rng, self.count_range), "size": uniform(rng, self.size_range),
+        return {"count": draw_int(rng, self.count_range), "size": draw_float(rng, self.size_range),
                 "fill": str(rng.choice(self.fill_choices))}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, count: int, size: float, fill: str) -> np.ndarray:
@@ -119,7 +114,7 @@ class InpaintFreeform(Degradation):
     fill_choices: tuple[str, ...] = allowed(tuple(_FILL), ("black", "white"))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"strokes": _int(rng, self.strokes_range), "width": uniform(rng, self.width_range),
+        return {"strokes": draw_int(rng, self.strokes_range), "width": draw_float(rng, self.width_range),
                 "fill": str(rng.choice(self.fill_choices))}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, strokes: int, width: float,
@@ -199,8 +194,8 @@ class Moire(Degradation):
     strength_range: tuple[float, float] = limits(0.0, 1.0, (0.1, 0.35))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"period": uniform(rng, self.period_range), "angle": uniform(rng, self.angle_range),
-                "strength": uniform(rng, self.strength_range)}
+        return {"period": draw_float(rng, self.period_range), "angle": draw_float(rng, self.angle_range),
+                "strength": draw_float(rng, self.strength_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, period: float, angle: float,
               strength: float) -> np.ndarray:
@@ -219,7 +214,7 @@ class Banding(Degradation):
     levels_range: tuple[int, int] = limits(4, 128, (8, 32))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"levels": _int(rng, self.levels_range)}
+        return {"levels": draw_int(rng, self.levels_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, levels: int) -> np.ndarray:
         return kernels.quantize(img, levels)

@@ -7,14 +7,21 @@ plugin that declares ``changes_size = True`` may return another ``(H', W')``.
 A plugin is a frozen dataclass whose fields are its *parameter ranges*:
 
 * ``<name>_range: tuple[float, float]`` (or ints) — a closed interval, ``lo <= hi``;
-* ``<name>_choices: tuple[str, ...]`` — a non-empty set of discrete options.
+* ``<name>_choices: tuple[str, ...]`` — a non-empty set of discrete options;
+* ``<name>_probability: float`` — a probability in ``[0, 1]``.
 
-Ranges are validated once, in ``__post_init__``. ``sample_params(rng)`` draws
-concrete JSON-serialisable values from them; ``apply(img, rng, **params)`` is
-pure: its output depends only on ``img``, the generator state and ``params``
-(never on the instance's ranges), so a recorded step can be replayed from the
-sample's json. Collapsing a range to one point (``lo == hi``) is how the
-contract check drives every extreme.
+All three are validated once, in ``__post_init__``, with errors naming the class
+and field. ``sample_params(rng)`` draws concrete JSON-serialisable values from
+them; ``apply(img, rng, **params)`` is pure: its output depends only on ``img``,
+the generator state and ``params`` (never on the instance's fields), so a
+recorded step can be replayed from the sample's json. Collapsing a range to one
+point (``lo == hi``) and setting a probability to 0 or 1 is how the contract
+check drives every extreme.
+
+The plugin kit, for built-ins and third-party plugins alike: ``draw_float`` and
+``draw_int`` draw from a range field (an integer range includes both ends),
+``draw_bool`` decides an event of a ``*_probability`` field, ``limits`` and
+``allowed`` declare hard bounds on a range or choices field.
 
 Annotation-driven tasks (Lumen-style heatmaps) declare ``requires`` — the
 annotation fields they need — and then receive ``ann=`` in ``sample_params``
@@ -87,6 +94,8 @@ class Degradation:
                 _check_range(self, f.name, value)
             elif f.name.endswith("_choices"):
                 _check_choices(self, f.name, value)
+            elif f.name.endswith("_probability"):
+                check_probability(f"{type(self).__name__}.{f.name}", value)
 
     # -- the two methods a plugin implements -------------------------------------------------
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
@@ -167,6 +176,14 @@ def _check_range(plugin: Degradation, fname: str, value: Any) -> None:
             raise PluginError(f"{where}: {value!r} leaves the allowed interval [{lower}, {upper}]")
 
 
+def check_probability(where: str, value: Any) -> None:
+    """Raise unless ``value`` is a number in [0, 1]; ``where`` names the owner and field (``"Maybe.p"``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise PluginError(f"{where}: a probability is a number in [0, 1], got {value!r}")
+    if not 0.0 <= value <= 1.0:  # also False for NaN
+        raise PluginError(f"{where}: {value} is not a probability in [0, 1]")
+
+
 def _check_choices(plugin: Degradation, fname: str, value: Any) -> None:
     where = f"{type(plugin).__name__}.{fname}"
     if not isinstance(value, (tuple, list)) or not value:
@@ -192,6 +209,21 @@ def limits(lo: float | None, hi: float | None, default: tuple) -> Any:
 def allowed(options: tuple[str, ...], default: tuple[str, ...] | None = None) -> Any:
     """A choices field restricted to ``options``; defaults to all of them."""
     return field(default=tuple(default or options), metadata={"allowed": tuple(options)})
+
+
+def draw_float(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    """A float drawn uniformly from the range ``bounds`` (one ``rng.uniform`` call), as a plain ``float``."""
+    return float(rng.uniform(bounds[0], bounds[1]))
+
+
+def draw_int(rng: np.random.Generator, bounds: tuple[int, int]) -> int:
+    """An integer drawn uniformly from ``bounds`` *including both ends* (one ``rng.integers`` call)."""
+    return int(rng.integers(bounds[0], bounds[1] + 1))
+
+
+def draw_bool(rng: np.random.Generator, probability: float) -> bool:
+    """True with ``probability`` (one ``rng.random`` call, even when the probability is 0 or 1)."""
+    return bool(rng.random() < probability)
 
 
 def _snake(name: str) -> str:

@@ -9,17 +9,13 @@ from typing import Any
 import numpy as np
 
 from degradations import kernels
-from degradations.base import Degradation, PluginError, limits
+from degradations.base import Degradation, PluginError, draw_float, draw_int, limits
 
 
 def draw_odd(rng: np.random.Generator, bounds: tuple[int, int]) -> int:
     """An odd integer in ``bounds`` (both ends odd, validated by :class:`KernelSized`)."""
     lo, hi = int(bounds[0]), int(bounds[1])
-    return lo + 2 * int(rng.integers(0, (hi - lo) // 2 + 1))
-
-
-def uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
-    return float(rng.uniform(bounds[0], bounds[1]))
+    return lo + 2 * draw_int(rng, (0, (hi - lo) // 2))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,7 +41,7 @@ class GaussianBlur(KernelSized):
     sigma_range: tuple[float, float] = limits(0.1, 20.0, (0.2, 3.0))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"sigma": uniform(rng, self.sigma_range), "kernel_size": draw_odd(rng, self.kernel_size_range)}
+        return {"sigma": draw_float(rng, self.sigma_range), "kernel_size": draw_odd(rng, self.kernel_size_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, sigma: float, kernel_size: int) -> np.ndarray:
         return kernels.gaussian_blur(img, sigma, kernel_size)
@@ -63,8 +59,8 @@ class AnisotropicBlur(KernelSized):
     rotation_range: tuple[float, float] = limits(-math.pi, math.pi, (-math.pi, math.pi))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"sigma_x": uniform(rng, self.sigma_x_range), "sigma_y": uniform(rng, self.sigma_y_range),
-                "rotation": uniform(rng, self.rotation_range), "kernel_size": draw_odd(rng, self.kernel_size_range)}
+        return {"sigma_x": draw_float(rng, self.sigma_x_range), "sigma_y": draw_float(rng, self.sigma_y_range),
+                "rotation": draw_float(rng, self.rotation_range), "kernel_size": draw_odd(rng, self.kernel_size_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, sigma_x: float, sigma_y: float,
               rotation: float, kernel_size: int) -> np.ndarray:
@@ -82,7 +78,7 @@ class GeneralizedGaussianBlur(KernelSized):
     beta_range: tuple[float, float] = limits(0.25, 8.0, (0.5, 4.0))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"sigma": uniform(rng, self.sigma_range), "beta": uniform(rng, self.beta_range),
+        return {"sigma": draw_float(rng, self.sigma_range), "beta": draw_float(rng, self.beta_range),
                 "kernel_size": draw_odd(rng, self.kernel_size_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, sigma: float, beta: float,
@@ -101,7 +97,7 @@ class PlateauBlur(KernelSized):
     beta_range: tuple[float, float] = limits(0.25, 8.0, (1.0, 2.0))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"sigma": uniform(rng, self.sigma_range), "beta": uniform(rng, self.beta_range),
+        return {"sigma": draw_float(rng, self.sigma_range), "beta": draw_float(rng, self.beta_range),
                 "kernel_size": draw_odd(rng, self.kernel_size_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, sigma: float, beta: float,
@@ -119,7 +115,7 @@ class Sinc(KernelSized):
     cutoff_range: tuple[float, float] = limits(0.1, math.pi, (math.pi / 5, math.pi))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"cutoff": uniform(rng, self.cutoff_range), "kernel_size": draw_odd(rng, self.kernel_size_range)}
+        return {"cutoff": draw_float(rng, self.cutoff_range), "kernel_size": draw_odd(rng, self.kernel_size_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, cutoff: float, kernel_size: int) -> np.ndarray:
         return kernels.convolve(img, kernels.sinc_kernel(kernel_size, cutoff))
@@ -136,7 +132,7 @@ class MotionBlur(KernelSized):
     angle_range: tuple[float, float] = limits(-180.0, 180.0, (-90.0, 90.0))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"kernel_size": draw_odd(rng, self.kernel_size_range), "angle": uniform(rng, self.angle_range)}
+        return {"kernel_size": draw_odd(rng, self.kernel_size_range), "angle": draw_float(rng, self.angle_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, kernel_size: int, angle: float) -> np.ndarray:
         return kernels.convolve(img, kernels.motion_kernel(kernel_size, angle))
@@ -152,7 +148,7 @@ class DefocusBlur(Degradation):
     radius_range: tuple[float, float] = limits(0.5, 25.0, (1.5, 8.0))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"radius": uniform(rng, self.radius_range)}
+        return {"radius": draw_float(rng, self.radius_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, radius: float) -> np.ndarray:
         return kernels.convolve(img, kernels.disk_kernel(radius))

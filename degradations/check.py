@@ -10,9 +10,12 @@ import dataclasses
 import json
 import traceback
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
-from random import getstate as python_rng_state  # read only: the check proves plugins never draw from it
+from random import Random
+from random import getstate as python_rng_state
+from random import setstate as set_python_rng_state  # only in _planted_global_rngs, which restores the caller's
 from typing import Any
 
 import numpy as np
@@ -110,7 +113,7 @@ class _Runner:
         _require(lo >= 0.0 and hi <= 1.0, f"{what}: output range [{lo:.4g}, {hi:.4g}] leaves [0, 1]")
 
     def variants(self) -> Iterator[tuple[str, Degradation]]:
-        """Each range collapsed to either end, and each single choice."""
+        """Each range collapsed to either end, each single choice, and each probability at 0 and at 1."""
         base = self.cls()
         for fname, value in base.ranges().items():
             if fname.endswith("_range"):
@@ -119,6 +122,10 @@ class _Runner:
             else:
                 for choice in value:
                     yield f"{fname}=({choice!r},)", dataclasses.replace(base, **{fname: (choice,)})
+        for f in dataclasses.fields(base):
+            if f.name.endswith("_probability"):
+                for p in (0.0, 1.0):
+                    yield f"{f.name}={p}", dataclasses.replace(base, **{f.name: p})
 
 
 def _instantiable(r: _Runner) -> None:
@@ -194,17 +201,64 @@ def _extremes(r: _Runner) -> None:
             r.valid_output(r.apply(plugin, r.sample(plugin, seed), seed=seed), r.img, label)
 
 
+#: Seeds of the states planted in the global RNGs: two per RNG, so that a plugin reading one shows in its output.
+_PLANTED = (20250501, 977)
+
+
+@contextmanager
+def _planted_global_rngs(np_seed: int, py_seed: int) -> Iterator[list[str]]:
+    """Plant known states in numpy's and Python's global RNGs, list those changed on exit, restore the caller's.
+
+    Each planted state sits a few draws into a seeded stream, and ``seed(...)`` always lands at the start of one,
+    so a plugin that reseeds is caught even when every call reseeds to the same value (which leaves the state
+    equal before and after every call but the first, and gives every sample the same noise field).
+    """
+    np_saved, py_saved = np.random.get_state(), python_rng_state()  # noqa: NPY002 (saved to be restored)
+    legacy = np.random.RandomState(np_seed)  # noqa: NPY002 (a private instance, only to build the state)
+    legacy.random_sample(3)
+    np_planted = legacy.get_state()
+    py_rng = Random(py_seed)
+    py_rng.random()
+    py_planted = py_rng.getstate()
+    touched: list[str] = []
+    np.random.set_state(np_planted)  # noqa: NPY002
+    set_python_rng_state(py_planted)
+    try:
+        yield touched
+        if not _same_numpy_state(np.random.get_state(), np_planted):  # noqa: NPY002
+            touched.append("numpy")
+        if python_rng_state() != py_planted:
+            touched.append("python")
+    finally:
+        np.random.set_state(np_saved)  # noqa: NPY002
+        set_python_rng_state(py_saved)
+
+
+def _same_numpy_state(a: tuple, b: tuple) -> bool:
+    return all(np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y for x, y in zip(a, b, strict=True))
+
+
+_GLOBAL_RNG = {"numpy": ("numpy's global RNG (np.random.*)", "np.random.seed(0)"),
+               "python": ("Python's global RNG (random.*)", "random.seed(0)")}
+
+
 def _no_global_rng(r: _Runner) -> None:
-    # Reading the legacy global state is the point here: it must be unchanged afterwards.
-    np_state, py_state = np.random.get_state(), python_rng_state()  # noqa: NPY002
     plugin = r.cls()
-    r.apply(plugin, r.sample(plugin))
-    after = np.random.get_state()  # noqa: NPY002
-    same = all(np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y
-               for x, y in zip(np_state, after, strict=True))
-    _require(same,
-             "touched numpy's global RNG (np.random.*); draw from the rng argument")
-    _require(python_rng_state() == py_state, "touched Python's global `random` state; draw from the rng argument")
+    outputs: dict[tuple[int, int], bytes] = {}
+    a, b = _PLANTED
+    for seeds in ((a, a), (b, a), (a, b)):  # the second varies only numpy's state, the third only Python's
+        with _planted_global_rngs(*seeds) as touched:
+            out = np.asarray(r.apply(plugin, r.sample(plugin)))
+        if touched:
+            what = " and ".join(_GLOBAL_RNG[name][0] for name in touched)
+            calls = " or ".join(_GLOBAL_RNG[name][1] for name in touched)
+            raise CheckFailed(f"drew from or reseeded {what} (a draw, or a call such as {calls}); "
+                              "draw from the rng argument")
+        outputs[seeds] = out.tobytes()
+    for rng_name, other in (("numpy", (b, a)), ("python", (a, b))):
+        _require(outputs[other] == outputs[(a, a)],
+                 f"output depends on the state of {_GLOBAL_RNG[rng_name][0]} (read, then put back); "
+                 "draw from the rng argument")
 
 
 def _small_image(r: _Runner) -> None:

@@ -23,6 +23,8 @@ from degradations.base import (
     Degradation,
     PluginError,
     check_image,
+    check_probability,
+    draw_bool,
     render_instruction,
     to_jsonable,
 )
@@ -116,11 +118,10 @@ class Maybe:
     p: float = 0.5
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.p <= 1.0:
-            raise PluginError(f"Maybe probability {self.p} is outside [0, 1]")
+        check_probability("Maybe.p", self.p)
 
     def run(self, img: np.ndarray, rng: np.random.Generator, ctx: Context) -> np.ndarray:
-        return self.node.run(img, rng, ctx) if rng.random() < self.p else img
+        return self.node.run(img, rng, ctx) if draw_bool(rng, self.p) else img
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,7 @@ import cv2
 import numpy as np
 
 from degradations import kernels
-from degradations.base import Degradation, allowed, limits
-from degradations.blur import uniform
-
-
-def _int(rng: np.random.Generator, bounds: tuple[int, int]) -> int:
-    return int(rng.integers(bounds[0], bounds[1] + 1))
+from degradations.base import Degradation, allowed, draw_float, draw_int, limits
 
 
 def _normalise(mag: np.ndarray) -> np.ndarray:
@@ -39,9 +34,9 @@ class Canny(Degradation):
     sigma_range: tuple[float, float] = limits(0.0, 5.0, (0.8, 1.6))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        low = _int(rng, self.low_range)
-        return {"low": low, "high": min(255, round(low * uniform(rng, self.ratio_range))),
-                "sigma": uniform(rng, self.sigma_range)}
+        low = draw_int(rng, self.low_range)
+        return {"low": low, "high": min(255, round(low * draw_float(rng, self.ratio_range))),
+                "sigma": draw_float(rng, self.sigma_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, low: int, high: int,
               sigma: float) -> np.ndarray:
@@ -64,7 +59,7 @@ class Sobel(Degradation):
     sigma_range: tuple[float, float] = limits(0.0, 5.0, (0.0, 1.5))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"ksize": int(rng.choice(self.ksize_choices)), "sigma": uniform(rng, self.sigma_range)}
+        return {"ksize": int(rng.choice(self.ksize_choices)), "sigma": draw_float(rng, self.sigma_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, ksize: int, sigma: float) -> np.ndarray:
         gray = kernels.luminance(img)
@@ -87,7 +82,7 @@ class Laplacian(Degradation):
     sigma_range: tuple[float, float] = limits(0.0, 5.0, (0.5, 2.0))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"sigma": uniform(rng, self.sigma_range)}
+        return {"sigma": draw_float(rng, self.sigma_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, sigma: float) -> np.ndarray:
         gray = kernels.luminance(img)
@@ -107,7 +102,7 @@ class EdgePreservingSmoothing(Degradation):
     sigma_r_range: tuple[float, float] = limits(0.01, 1.0, (0.2, 0.6))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"sigma_s": uniform(rng, self.sigma_s_range), "sigma_r": uniform(rng, self.sigma_r_range)}
+        return {"sigma_s": draw_float(rng, self.sigma_s_range), "sigma_r": draw_float(rng, self.sigma_r_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, sigma_s: float, sigma_r: float) -> np.ndarray:
         out = cv2.edgePreservingFilter(kernels.to_uint8(img), flags=cv2.RECURS_FILTER,
@@ -126,7 +121,7 @@ class SlicSuperpixels(Degradation):
     compactness_range: tuple[float, float] = limits(0.1, 100.0, (5.0, 20.0))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"segments": _int(rng, self.segments_range), "compactness": uniform(rng, self.compactness_range)}
+        return {"segments": draw_int(rng, self.segments_range), "compactness": draw_float(rng, self.compactness_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, segments: int, compactness: float) -> np.ndarray:
         from skimage.segmentation import slic
@@ -154,7 +149,7 @@ class GreySegmentation(Degradation):
     classes_range: tuple[int, int] = limits(2, 6, (2, 5))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"classes": _int(rng, self.classes_range)}
+        return {"classes": draw_int(rng, self.classes_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, classes: int) -> np.ndarray:
         from skimage.filters import threshold_multiotsu
@@ -179,7 +174,7 @@ class HistogramEqualization(Degradation):
     clip_limit_range: tuple[float, float] = limits(0.5, 10.0, (1.5, 4.0))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"method": str(rng.choice(self.method_choices)), "clip_limit": uniform(rng, self.clip_limit_range)}
+        return {"method": str(rng.choice(self.method_choices)), "clip_limit": draw_float(rng, self.clip_limit_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, method: str, clip_limit: float) -> np.ndarray:
         ycc = cv2.cvtColor(kernels.to_uint8(img), cv2.COLOR_RGB2YCrCb)
@@ -202,7 +197,7 @@ class LineArt(Degradation):
     sharpness_range: tuple[float, float] = limits(1.0, 200.0, (20.0, 80.0))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"sigma": uniform(rng, self.sigma_range), "sharpness": uniform(rng, self.sharpness_range)}
+        return {"sigma": draw_float(rng, self.sigma_range), "sharpness": draw_float(rng, self.sharpness_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, sigma: float, sharpness: float) -> np.ndarray:
         gray = kernels.luminance(img)

@@ -8,8 +8,7 @@ from typing import Any
 import numpy as np
 
 from degradations import kernels
-from degradations.base import Degradation, limits
-from degradations.blur import uniform
+from degradations.base import Degradation, draw_float, limits
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,8 +25,8 @@ class LowLight(Degradation):
     noise_range: tuple[float, float] = limits(0.0, 0.2, (0.0, 0.03))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"gamma": uniform(rng, self.gamma_range), "gain": uniform(rng, self.gain_range),
-                "noise": uniform(rng, self.noise_range)}
+        return {"gamma": draw_float(rng, self.gamma_range), "gain": draw_float(rng, self.gain_range),
+                "noise": draw_float(rng, self.noise_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, gamma: float, gain: float,
               noise: float) -> np.ndarray:
@@ -45,7 +44,7 @@ class Overexposure(Degradation):
     stops_range: tuple[float, float] = limits(0.0, 4.0, (0.7, 2.0))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"stops": uniform(rng, self.stops_range)}
+        return {"stops": draw_float(rng, self.stops_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, stops: float) -> np.ndarray:
         # Exposure acts on linear light: decode sRGB-ish gamma 2.2, scale, re-encode.
@@ -62,7 +61,7 @@ class Underexposure(Degradation):
     stops_range: tuple[float, float] = limits(0.0, 6.0, (0.7, 2.5))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"stops": uniform(rng, self.stops_range)}
+        return {"stops": draw_float(rng, self.stops_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, stops: float) -> np.ndarray:
         return kernels.gamma(kernels.gain(kernels.gamma(img, 2.2), 2.0**-stops), 1 / 2.2)
@@ -78,7 +77,7 @@ class ColorCast(Degradation):
     gain_range: tuple[float, float] = limits(0.3, 2.0, (0.6, 1.4))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        r, g, b = (uniform(rng, self.gain_range) for _ in range(3))
+        r, g, b = (draw_float(rng, self.gain_range) for _ in range(3))
         return {"red": r, "green": g, "blue": b}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, red: float, green: float,
@@ -96,7 +95,7 @@ class LowContrast(Degradation):
     factor_range: tuple[float, float] = limits(0.05, 1.0, (0.25, 0.7))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"factor": uniform(rng, self.factor_range)}
+        return {"factor": draw_float(rng, self.factor_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, factor: float) -> np.ndarray:
         return kernels.contrast(img, factor)
@@ -112,7 +111,7 @@ class Desaturation(Degradation):
     factor_range: tuple[float, float] = limits(0.0, 1.0, (0.0, 0.5))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"factor": uniform(rng, self.factor_range)}
+        return {"factor": draw_float(rng, self.factor_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, factor: float) -> np.ndarray:
         return kernels.saturation(img, factor)
@@ -129,7 +128,7 @@ class Vignetting(Degradation):
     radius_range: tuple[float, float] = limits(0.3, 2.0, (0.8, 1.3))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"strength": uniform(rng, self.strength_range), "radius": uniform(rng, self.radius_range)}
+        return {"strength": draw_float(rng, self.strength_range), "radius": draw_float(rng, self.radius_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, strength: float, radius: float) -> np.ndarray:
         return kernels.vignette(img, strength, radius)
@@ -145,7 +144,7 @@ class HdrCompression(Degradation):
     strength_range: tuple[float, float] = limits(0.0, 1.0, (0.4, 0.9))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"strength": uniform(rng, self.strength_range)}
+        return {"strength": draw_float(rng, self.strength_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, strength: float) -> np.ndarray:
         return kernels.tone_compress(img, strength)

@@ -8,19 +8,9 @@ from typing import Any
 import numpy as np
 
 from degradations import kernels
-from degradations.base import Degradation, PluginError, allowed, limits
-from degradations.blur import uniform
+from degradations.base import Degradation, PluginError, allowed, draw_bool, draw_float, draw_int, limits
 
 _SR_INTERP = ("area", "bilinear", "bicubic")
-
-
-def _gray(rng: np.random.Generator, probability: float) -> bool:
-    return bool(rng.random() < probability)
-
-
-def _check_probability(plugin: Degradation, name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise PluginError(f"{type(plugin).__name__}.{name}: {value} is not a probability in [0, 1]")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,12 +25,8 @@ class GaussianNoise(Degradation):
     #: Probability that one noise value is shared by the three channels (grey noise).
     gray_probability: float = 0.0
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_probability(self, "gray_probability", self.gray_probability)
-
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"sigma": uniform(rng, self.sigma_range), "gray": _gray(rng, self.gray_probability)}
+        return {"sigma": draw_float(rng, self.sigma_range), "gray": draw_bool(rng, self.gray_probability)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, sigma: float, gray: bool) -> np.ndarray:
         return kernels.add_gaussian_noise(img, sigma, gray, rng)
@@ -55,14 +41,11 @@ class PoissonNoise(Degradation):
     instructions = ("Remove the shot noise from this image.", "Denoise this low-photon photo.",
                     "Clean up the Poisson noise (strength {scale:.2f}).")
     scale_range: tuple[float, float] = limits(0.0, 10.0, (0.05, 3.0))
+    #: Probability that one noise value is shared by the three channels (grey noise).
     gray_probability: float = 0.0
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_probability(self, "gray_probability", self.gray_probability)
-
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"scale": uniform(rng, self.scale_range), "gray": _gray(rng, self.gray_probability)}
+        return {"scale": draw_float(rng, self.scale_range), "gray": draw_bool(rng, self.gray_probability)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, scale: float, gray: bool) -> np.ndarray:
         return kernels.add_poisson_noise(img, scale, gray, rng)
@@ -79,7 +62,7 @@ class SpeckleNoise(Degradation):
     sigma_range: tuple[float, float] = limits(0.0, 1.0, (0.05, 0.4))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"sigma": uniform(rng, self.sigma_range)}
+        return {"sigma": draw_float(rng, self.sigma_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, sigma: float) -> np.ndarray:
         return kernels.add_speckle_noise(img, sigma, rng)
@@ -97,7 +80,7 @@ class SaltPepperNoise(Degradation):
     salt_ratio_range: tuple[float, float] = limits(0.0, 1.0, (0.3, 0.7))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"amount": uniform(rng, self.amount_range), "salt_ratio": uniform(rng, self.salt_ratio_range)}
+        return {"amount": draw_float(rng, self.amount_range), "salt_ratio": draw_float(rng, self.salt_ratio_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, amount: float, salt_ratio: float) -> np.ndarray:
         return kernels.add_salt_pepper(img, amount, salt_ratio, rng)
@@ -115,8 +98,8 @@ class IsoNoise(Degradation):
     color_shift_range: tuple[float, float] = limits(0.0, 0.5, (0.01, 0.06))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"intensity": uniform(rng, self.intensity_range),
-                "color_shift": uniform(rng, self.color_shift_range)}
+        return {"intensity": draw_float(rng, self.intensity_range),
+                "color_shift": draw_float(rng, self.color_shift_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, intensity: float,
               color_shift: float) -> np.ndarray:
@@ -133,7 +116,7 @@ class Jpeg(Degradation):
     quality_range: tuple[int, int] = limits(1, 100, (30, 95))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"quality": int(rng.integers(self.quality_range[0], self.quality_range[1] + 1))}
+        return {"quality": draw_int(rng, self.quality_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, quality: int) -> np.ndarray:
         return kernels.encode_decode(img, ".jpg", quality)
@@ -149,7 +132,7 @@ class Webp(Degradation):
     quality_range: tuple[int, int] = limits(1, 100, (5, 80))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"quality": int(rng.integers(self.quality_range[0], self.quality_range[1] + 1))}
+        return {"quality": draw_int(rng, self.quality_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, quality: int) -> np.ndarray:
         return kernels.encode_decode(img, ".webp", quality)
@@ -167,7 +150,7 @@ class Resize(Degradation):
     interpolation_choices: tuple[str, ...] = allowed(kernels.INTERPOLATIONS, _SR_INTERP)
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"scale": uniform(rng, self.scale_range),
+        return {"scale": draw_float(rng, self.scale_range),
                 "interpolation": str(rng.choice(self.interpolation_choices))}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, interpolation: str, scale: float | None = None,
@@ -217,7 +200,7 @@ class Pixelation(Degradation):
     block_range: tuple[int, int] = limits(2, 64, (3, 12))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"block": int(rng.integers(self.block_range[0], self.block_range[1] + 1))}
+        return {"block": draw_int(rng, self.block_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, block: int) -> np.ndarray:
         return kernels.pixelate(img, block)

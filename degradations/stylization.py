@@ -9,8 +9,7 @@ import cv2
 import numpy as np
 
 from degradations import kernels
-from degradations.base import Degradation, allowed, limits
-from degradations.blur import uniform
+from degradations.base import Degradation, allowed, draw_float, draw_int, limits
 
 #: Named colour-grading looks: a 3x3 colour matrix (rows = output R, G, B) and per-channel lift.
 LOOKS: dict[str, tuple[tuple[tuple[float, float, float], ...], tuple[float, float, float]]] = {
@@ -21,10 +20,6 @@ LOOKS: dict[str, tuple[tuple[tuple[float, float, float], ...], tuple[float, floa
     "vintage": (((0.75, 0.2, 0.05), (0.1, 0.75, 0.1), (0.1, 0.15, 0.6)), (0.08, 0.06, 0.1)),
     "noir": (((0.35, 0.6, 0.15), (0.35, 0.6, 0.15), (0.35, 0.6, 0.15)), (0.0, 0.0, 0.0)),
 }
-
-
-def _int(rng: np.random.Generator, bounds: tuple[int, int]) -> int:
-    return int(rng.integers(bounds[0], bounds[1] + 1))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,7 +33,7 @@ class OpencvStylization(Degradation):
     sigma_r_range: tuple[float, float] = limits(0.01, 1.0, (0.3, 0.6))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"sigma_s": uniform(rng, self.sigma_s_range), "sigma_r": uniform(rng, self.sigma_r_range)}
+        return {"sigma_s": draw_float(rng, self.sigma_s_range), "sigma_r": draw_float(rng, self.sigma_r_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, sigma_s: float, sigma_r: float) -> np.ndarray:
         return kernels.from_uint8(cv2.stylization(kernels.to_uint8(img), sigma_s=sigma_s, sigma_r=sigma_r))
@@ -55,7 +50,7 @@ class PencilSketch(Degradation):
     shade_range: tuple[float, float] = limits(0.0, 0.1, (0.02, 0.06))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"mode": str(rng.choice(self.mode_choices)), "shade": uniform(rng, self.shade_range)}
+        return {"mode": str(rng.choice(self.mode_choices)), "shade": draw_float(rng, self.shade_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, mode: str, shade: float) -> np.ndarray:
         grey, colour = cv2.pencilSketch(kernels.to_uint8(img), sigma_s=60, sigma_r=0.07, shade_factor=shade)
@@ -73,7 +68,7 @@ class Cartoon(Degradation):
     line_size_range: tuple[int, int] = limits(3, 15, (5, 9))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"levels": _int(rng, self.levels_range), "line_size": _int(rng, self.line_size_range) | 1}
+        return {"levels": draw_int(rng, self.levels_range), "line_size": draw_int(rng, self.line_size_range) | 1}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, levels: int, line_size: int) -> np.ndarray:
         u8 = kernels.to_uint8(img)
@@ -118,7 +113,7 @@ class OilPainting(Degradation):
     radius_range: tuple[int, int] = limits(1, 15, (3, 7))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"radius": _int(rng, self.radius_range)}
+        return {"radius": draw_int(rng, self.radius_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, radius: int) -> np.ndarray:
         return kernels.clip01(kuwahara(img, radius))
@@ -134,7 +129,7 @@ class Posterize(Degradation):
     bits_range: tuple[int, int] = limits(1, 7, (2, 4))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"bits": _int(rng, self.bits_range)}
+        return {"bits": draw_int(rng, self.bits_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, bits: int) -> np.ndarray:
         return kernels.quantize(img, 2**bits)
@@ -151,7 +146,7 @@ class ColorGrading(Degradation):
     strength_range: tuple[float, float] = limits(0.0, 1.0, (0.7, 1.0))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"look": str(rng.choice(self.look_choices)), "strength": uniform(rng, self.strength_range)}
+        return {"look": str(rng.choice(self.look_choices)), "strength": draw_float(rng, self.strength_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, look: str, strength: float) -> np.ndarray:
         matrix, lift = LOOKS[look]
@@ -172,7 +167,7 @@ class Halftone(Degradation):
     mode_choices: tuple[str, ...] = allowed(("grey", "colour"))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"cell": _int(rng, self.cell_range), "mode": str(rng.choice(self.mode_choices))}
+        return {"cell": draw_int(rng, self.cell_range), "mode": str(rng.choice(self.mode_choices))}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, cell: int, mode: str) -> np.ndarray:
         if mode == "grey":
@@ -207,7 +202,7 @@ class PixelArt(Degradation):
     levels_range: tuple[int, int] = limits(2, 32, (4, 8))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"block": _int(rng, self.block_range), "levels": _int(rng, self.levels_range)}
+        return {"block": draw_int(rng, self.block_range), "levels": draw_int(rng, self.levels_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, block: int, levels: int) -> np.ndarray:
         h, w = img.shape[:2]

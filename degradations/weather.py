@@ -14,8 +14,7 @@ import cv2
 import numpy as np
 
 from degradations import kernels
-from degradations.base import Degradation, limits
-from degradations.blur import uniform
+from degradations.base import Degradation, draw_float, draw_int, limits
 
 
 def depth_proxy(h: int, w: int, horizon: float, rng: np.random.Generator) -> np.ndarray:
@@ -76,9 +75,9 @@ class Rain(Degradation):
     opacity_range: tuple[float, float] = limits(0.0, 1.0, (0.4, 0.8))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"density": uniform(rng, self.density_range),
-                "length": int(rng.integers(self.length_range[0], self.length_range[1] + 1)),
-                "angle": uniform(rng, self.angle_range), "opacity": uniform(rng, self.opacity_range)}
+        return {"density": draw_float(rng, self.density_range),
+                "length": draw_int(rng, self.length_range),
+                "angle": draw_float(rng, self.angle_range), "opacity": draw_float(rng, self.opacity_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, density: float, length: int, angle: float,
               opacity: float) -> np.ndarray:
@@ -102,8 +101,8 @@ class Haze(Degradation):
     horizon_range: tuple[float, float] = limits(0.0, 0.95, (0.3, 0.8))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"beta": uniform(rng, self.beta_range), "airlight": uniform(rng, self.airlight_range),
-                "horizon": uniform(rng, self.horizon_range)}
+        return {"beta": draw_float(rng, self.beta_range), "airlight": draw_float(rng, self.airlight_range),
+                "horizon": draw_float(rng, self.horizon_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, beta: float, airlight: float,
               horizon: float) -> np.ndarray:
@@ -132,8 +131,8 @@ class Snow(Degradation):
     veil_range: tuple[float, float] = limits(0.0, 0.8, (0.05, 0.3))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {"density": uniform(rng, self.density_range), "size": uniform(rng, self.size_range),
-                "veil": uniform(rng, self.veil_range)}
+        return {"density": draw_float(rng, self.density_range), "size": draw_float(rng, self.size_range),
+                "veil": draw_float(rng, self.veil_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, density: float, size: float,
               veil: float) -> np.ndarray:

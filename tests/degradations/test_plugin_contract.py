@@ -73,11 +73,73 @@ class ReadsInstance(Degradation):
         return img * np.float32(self.gain_range[1])  # wrong: ignores its param
 
 
+# Each breaks exactly one half of the global-RNG check (numpy's or Python's), in one way.
 @dataclass(frozen=True, kw_only=True)
-class GlobalRng(ReadsInstance):
+class Params(ReadsInstance):
     def apply(self, img, rng, *, gain):
-        noise = np.random.normal() * 0.01 + random.random() * 0  # noqa: NPY002 (the breach under test)
-        return np.clip(img + np.float32(noise), 0, 1).astype(np.float32)
+        return np.clip(img + np.float32(self.noise() * 0.01), 0, 1).astype(np.float32)
+
+    def noise(self) -> float:
+        return 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class NumpyDraws(Params):
+    def noise(self):
+        return np.random.normal()  # noqa: NPY002 (the breach under test)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NumpyReseeds(Params):
+    def noise(self):
+        np.random.seed(0)  # noqa: NPY002 (the breach: state equal before and after every call but the first)
+        return np.random.normal()  # noqa: NPY002
+
+
+@dataclass(frozen=True, kw_only=True)
+class NumpyPeeks(Params):
+    def noise(self):
+        state = np.random.get_state()  # noqa: NPY002 (the breach: reads the global RNG, then puts it back)
+        value = np.random.normal()  # noqa: NPY002
+        np.random.set_state(state)  # noqa: NPY002
+        return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class PythonDraws(Params):
+    def noise(self):
+        return random.random()
+
+
+@dataclass(frozen=True, kw_only=True)
+class PythonReseeds(Params):
+    def noise(self):
+        random.seed(0)
+        return random.random()
+
+
+@dataclass(frozen=True, kw_only=True)
+class PythonPeeks(Params):
+    def noise(self):
+        state = random.getstate()
+        value = random.random()
+        random.setstate(state)
+        return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class GrayOnlyCrashes(ReadsInstance):
+    """Crashes only when its probability field fires, which its default (0) never does."""
+
+    flip_probability: float = 0.0
+
+    def sample_params(self, rng):
+        return {**super().sample_params(rng), "flip": bool(rng.random() < self.flip_probability)}
+
+    def apply(self, img, rng, *, gain, flip):
+        if flip:
+            raise RuntimeError("flipped")
+        return img * np.float32(gain)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,10 +191,51 @@ def test_checker_catches_apply_reading_instance_fields():
     assert "apply ignores instance ranges" in _checks(ReadsInstance)
 
 
-def test_checker_catches_global_rng():
-    state = np.random.get_state()  # noqa: NPY002 (the plugin under test breaks it on purpose)
-    assert "no global RNG" in _checks(GlobalRng)
-    np.random.set_state(state)  # noqa: NPY002
+@pytest.fixture
+def global_rngs_restored():
+    """The breaches under test change the global RNGs in the checks that run before the RNG check."""
+    np_state, py_state = np.random.get_state(), random.getstate()  # noqa: NPY002
+    yield
+    np.random.set_state(np_state)  # noqa: NPY002
+    random.setstate(py_state)
+
+
+NUMPY, PYTHON = "numpy's global RNG (np.random.*)", "Python's global RNG (random.*)"
+
+
+@pytest.mark.usefixtures("global_rngs_restored")
+@pytest.mark.parametrize("cls", [NumpyDraws, NumpyReseeds], ids=["draws", "reseeds"])
+def test_checker_catches_numpy_global_rng(cls):
+    message = _checks(cls).get("no global RNG", "")
+    assert "drew from or reseeded " + NUMPY in message and PYTHON not in message
+
+
+@pytest.mark.usefixtures("global_rngs_restored")
+@pytest.mark.parametrize("cls", [PythonDraws, PythonReseeds], ids=["draws", "reseeds"])
+def test_checker_catches_python_global_rng(cls):
+    message = _checks(cls).get("no global RNG", "")
+    assert "drew from or reseeded " + PYTHON in message and NUMPY not in message
+
+
+@pytest.mark.usefixtures("global_rngs_restored")
+@pytest.mark.parametrize(("cls", "rng"), [(NumpyPeeks, NUMPY), (PythonPeeks, PYTHON)], ids=["numpy", "python"])
+def test_checker_catches_output_read_from_a_global_rng_put_back(cls, rng):
+    message = _checks(cls).get("no global RNG", "")
+    assert message.startswith("output depends on the state of " + rng)
+
+
+def test_global_rng_check_passes_a_clean_plugin_and_leaves_the_callers_state():
+    random.seed(1234)
+    np.random.seed(1234)  # noqa: NPY002 (the caller's state, which the check must hand back)
+    np_state, py_state = np.random.get_state(), random.getstate()  # noqa: NPY002
+    assert "no global RNG" not in _checks(Params)
+    assert random.getstate() == py_state
+    after = np.random.get_state()  # noqa: NPY002
+    assert after[2:] == np_state[2:] and np.array_equal(after[1], np_state[1])
+
+
+def test_checker_drives_probability_fields_to_both_ends():
+    assert "flipped" in _checks(GrayOnlyCrashes)["every range extreme and choice"]
 
 
 def test_checker_catches_non_json_params():

@@ -8,7 +8,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from degradations.base import Degradation, limits
+from degradations import Degradation, draw_float, limits
 
 
 def radial_shift(channel: np.ndarray, scale: float, cx: float, cy: float) -> np.ndarray:
@@ -34,9 +34,9 @@ class ChromaticAberration(Degradation):
     center_range: tuple[float, float] = limits(-0.3, 0.3, (-0.1, 0.1))
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
-        # Plain Python floats: params must survive a JSON round trip unchanged.
-        return {"shift": float(rng.uniform(*self.shift_range)),
-                "dx": float(rng.uniform(*self.center_range)), "dy": float(rng.uniform(*self.center_range))}
+        # The kit's draws return plain Python numbers: params must survive a JSON round trip unchanged.
+        return {"shift": draw_float(rng, self.shift_range),
+                "dx": draw_float(rng, self.center_range), "dy": draw_float(rng, self.center_range)}
 
     def apply(self, img: np.ndarray, rng: np.random.Generator, *, shift: float, dx: float,
               dy: float) -> np.ndarray:
