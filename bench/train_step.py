@@ -50,7 +50,7 @@ TEXT_TOKENS = 128  # instruction length assumed for the FLOPs count (Gemma token
 
 
 def write_corpus(root: Path, n: int = 256, size: int = 48) -> Path:
-    from degradations.samples import default_image
+    from degradations import default_image
     from pipelines.schema import MANIFEST, Manifest, Sample, ShardRecord, shard_name
 
     img, rng = default_image(), np.random.default_rng(0)

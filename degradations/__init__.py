@@ -1,5 +1,12 @@
-"""The degradation / task plugin library: contract, registry, composition, kernels, built-ins."""
+"""The degradation / task plugin library: contract, registry, composition, kernels, built-ins.
 
+This is the package's one door: other packages import only the names below. ``registry`` is the plugin registry
+(``registry.names()``, ``registry.get(name)``); the sample functions give the photographs scikit-image ships.
+Where to start reading: ``base.py`` (the plugin contract and kit), then one family of built-ins
+(``restoration.py``), then ``compose.py`` (chains and replay).
+"""
+
+from degradations import registry
 from degradations.base import (
            Annotations,
            Degradation,
@@ -23,7 +30,8 @@ from degradations.compose import (
            synthesize,
            task_for,
 )
+from degradations.samples import bgr_to_rgb01, data_dir, default_image, load_rgb, sample_paths
 
 __all__ = ["Annotations", "Apply", "Chain", "Degradation", "Maybe", "OneOf", "PluginError", "Shuffle", "Step",
-           "Synthesis", "Task", "allowed", "draw_bool", "draw_float", "draw_int", "limits", "replay", "synthesize",
-           "task_for"]
+           "Synthesis", "Task", "allowed", "bgr_to_rgb01", "data_dir", "default_image", "draw_bool", "draw_float",
+           "draw_int", "limits", "load_rgb", "registry", "replay", "sample_paths", "synthesize", "task_for"]

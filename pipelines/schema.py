@@ -28,7 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from degradations.samples import bgr_to_rgb01
+from degradations import bgr_to_rgb01
 
 SCHEMA_VERSION = 1
 INPUT, TARGET, TXT, JSON = "input.png", "target.png", "txt", "json"

@@ -41,7 +41,7 @@ def _list_spec(spec: SourceSpec, opts: dict[str, Any]) -> list[str]:
     uri = spec.uri
     exts = tuple(e.lower() for e in spec.extensions)
     if uri.startswith(SAMPLES):
-        from degradations.samples import sample_paths
+        from degradations import sample_paths
 
         return [SAMPLES + p.name for p in sample_paths()]
     if uri.startswith(SHARDS):
@@ -102,7 +102,7 @@ def _list_corpus(root: str, member: str, opts: dict[str, Any]) -> list[str]:
 def fetch(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
     """The raw bytes of a source URI (raises ``OSError`` when it cannot be read)."""
     if uri.startswith(SAMPLES):
-        from degradations.samples import data_dir
+        from degradations import data_dir
 
         return (data_dir() / uri[len(SAMPLES):]).read_bytes()
     if uri.startswith(SHARD_ITEM):

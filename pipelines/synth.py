@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from degradations.compose import Task, replay, synthesize
+from degradations import Task, replay, synthesize
 from pipelines.config import CorpusConfig, GeometryConfig
 from pipelines.schema import SCHEMA_VERSION, Sample, sample_key
 
@@ -200,7 +200,7 @@ _TASKS: dict[str, Task] = {}
 def get_task(name: str) -> Task:
     """The Task registered as ``name`` (built once per process)."""
     if name not in _TASKS:
-        from degradations.compose import task_for
+        from degradations import task_for
 
         _TASKS[name] = task_for(name)
     return _TASKS[name]

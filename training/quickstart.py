@@ -33,7 +33,7 @@ class Row:
 
 def split_sources() -> tuple[list[str], list[str]]:
     """(train, held-out) ``samples://`` URIs: a fixed split by sorted name, so no photo is in both."""
-    from degradations.samples import sample_paths
+    from degradations import sample_paths
 
     names = sorted(p.name for p in sample_paths())
     held = [n for i, n in enumerate(names) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1]
