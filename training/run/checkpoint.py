@@ -5,18 +5,28 @@ EMA share, writes a completion marker, and all ranks ``ray.train.report(..., che
 ranks' files into one checkpoint folder. A resume loads a folder only when every rank's marker is there, else the
 newest complete sibling. The driver reads the newest committed step to place a rerun's data
 (:func:`resume_plan`).
+
+A checkpoint is data, not code: ``run.storage_path`` may be a shared ``s3://`` prefix, and whoever can write there
+must not be able to run code on every worker at the next rerun. DeepSpeed reads its files with
+``torch.load(weights_only=False)``; :func:`resume` swaps in :func:`load_weights_only`, which unpickles only
+tensors, plain containers and the three DeepSpeed state types its ZeRO optimizer saves (:data:`DEEPSPEED_TYPES`).
+The EMA is safetensors, the step a text file.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import tempfile
 from collections.abc import Callable
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
 import ray.train
+import torch
 
+from omnilv.errors import OmniLVError
 from pipelines import join, load_manifest, read_text
 from training.config import TrainConfig
 from training.run.ema import RankEMA
@@ -24,6 +34,28 @@ from training.run.ema import RankEMA
 STEP_FILE = "step.txt"
 MARKER = "COMPLETE.rank{rank}"
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of the run's committed checkpoints
+#: The only non-container types in a DeepSpeed 0.19 ZeRO 0-3 checkpoint (fp32 or bf16), found with
+#: ``torch.serialization.get_unsafe_globals_in_checkpoint`` on each file it writes.
+DEEPSPEED_TYPES = ("deepspeed.runtime.fp16.loss_scaler.LossScaler", "deepspeed.utils.tensor_fragment.fragment_address",
+                   "deepspeed.runtime.zero.config.ZeroStageEnum")
+
+
+class UnsafeCheckpoint(OmniLVError):
+    """A checkpoint file holds something other than tensors and DeepSpeed's own state: it is not loaded."""
+
+
+def load_weights_only(path: str, map_location: Any = None) -> Any:
+    """``torch.load`` with ``weights_only=True`` and :data:`DEEPSPEED_TYPES` allowed; anything else is refused
+    before it is constructed."""
+    allowed = [getattr(import_module(mod), name) for mod, _, name in (t.rpartition(".") for t in DEEPSPEED_TYPES)]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsafeCheckpoint(f"{path}: refusing to load this checkpoint: it holds objects other than tensors "
+                               f"and DeepSpeed's state ({why}). Checkpoints are data; if this run did not write it, "
+                               "delete it (or start the run under another name).") from None
 
 
 def save(engine: Any, ema: RankEMA | None, rank: int, step: int, metrics: dict[str, Any]) -> None:
@@ -39,7 +71,10 @@ def save(engine: Any, ema: RankEMA | None, rank: int, step: int, metrics: dict[s
 
 
 def resume(engine: Any, world: int, new_ema: Callable[[], RankEMA] | None) -> tuple[int, RankEMA | None]:
-    """Load the newest complete checkpoint on every rank: (step to continue from, EMA or None)."""
+    """Load the newest complete checkpoint on every rank: (step to continue from, EMA or None).
+
+    DeepSpeed reads the files through :func:`load_weights_only` (never a plain unpickler)."""
+    engine.checkpoint_engine.load = load_weights_only
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
         return 0, new_ema() if new_ema else None
