@@ -26,6 +26,8 @@ __all__, __getattr__ = door(__name__, {
     "tar_bytes": ".build", "build_corpus": ".build", "BuildError": ".build",
     "ensure_ray": ".runtime", "RayUnavailable": ".runtime",
     "load_manifest": ".read", "shard_urls": ".read", "iter_samples": ".read", "ReadStats": ".read",
+    # pictures a person looks at
+    "labelled_sheet": ".sheets",
     # training ingest
     "read_corpus": ".ingest", "RowDecoder": ".ingest", "WhitelistDecoder": ".ingest", "SkipLedger": ".ingest",
 })

@@ -70,26 +70,27 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def evaluate(export: str, heldout: str, out: Path, steps: int = 2) -> list[Row]:
-    """Restore every held-out sample; writes side-by-side PNGs (degraded | restored | clean) under ``out``, one per
-    sample and all of them in ``sheet.png``, enlarged ×:data:`ZOOM` (nearest neighbour: every pixel as it is)."""
+    """Restore every held-out sample; writes labelled PNGs (degraded | restored | clean, with task and PSNR) under
+    ``out``, one per sample and all of them in ``sheet.png``, enlarged ×:data:`ZOOM` (nearest neighbour)."""
     import torch
 
-    from pipelines import encode_png, iter_samples
+    from pipelines import encode_png, iter_samples, labelled_sheet
     from training.eval import Restorer
 
     torch.manual_seed(0)
     restorer = Restorer.from_export(export)
     rows, strips, out = [], [], Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    columns, cell = ("degraded input", "restored", "clean target"), 32 * ZOOM
     for i, s in enumerate(iter_samples(heldout)):
         restored = restorer.restore(s.input, s.instruction, steps=steps, seed=i)
         task = str(s.meta.get("task", "?"))
         rows.append(Row(task, psnr(s.input, s.target), psnr(restored, s.target)))
-        strip = np.concatenate([s.input, restored, s.target], 1).repeat(ZOOM, 0).repeat(ZOOM, 1)
-        (out / f"{i:02d}_{task}.png").write_bytes(encode_png(strip))
-        strips.append(np.pad(strip, ((0, 4), (0, 0), (0, 0)), constant_values=1.0))
+        strip = ([s.input, restored, s.target], f"{task}: PSNR {rows[-1].psnr_in:.2f} -> {rows[-1].psnr_out:.2f} dB")
+        (out / f"{i:02d}_{task}.png").write_bytes(encode_png(labelled_sheet([strip], columns, cell) / 255.0))
+        strips.append(strip)
     if strips:
-        (out / "sheet.png").write_bytes(encode_png(np.concatenate(strips, 0)))
+        (out / "sheet.png").write_bytes(encode_png(labelled_sheet(strips, columns, cell) / 255.0))
     return rows
 
 

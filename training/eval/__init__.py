@@ -1,13 +1,13 @@
 """Using a trained model: restore an image, score a corpus (PSNR, SSIM, LPIPS, MUSIQ), load metric weights.
 
-Where to start reading: ``restore.py`` (the model on one image), then ``evaluate.py`` (``omnilv eval``).
+Where to start reading: ``restore.py`` (the model on one image), then ``corpus_eval.py`` (``omnilv eval``).
 """
 
 from omnilv.lazy import door
 
 __all__, __getattr__ = door(__name__, {
     "Restorer": ".restore", "load_image": ".restore", "save_image": ".restore", "ImageFileError": ".restore",
-    "evaluate": ".evaluate", "table_columns": ".evaluate",
+    "evaluate": ".corpus_eval", "table_columns": ".corpus_eval",
     "psnr": ".metrics", "ssim": ".metrics",
     "LPIPS": ".lpips", "LpipsError": ".lpips", "MUSIQ": ".musiq", "MusiqError": ".musiq",
 })

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from omnilv.errors import OmniLVError
 from training.eval.weights import load_tensors
 
 CHANNELS = (64, 192, 384, 256, 256)
@@ -31,7 +32,7 @@ POOL_BEFORE = (3, 6)  # a 3×3 stride-2 max-pool precedes these convolutions
 SHIFT, SCALE = (-0.030, -0.088, -0.188), (0.458, 0.448, 0.450)
 
 
-class LpipsError(ValueError):
+class LpipsError(OmniLVError, ValueError):
     """The LPIPS weights folder is missing a file or holds something else; the message names it."""
 
 

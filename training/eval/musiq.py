@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from omnilv.errors import OmniLVError
 from training.eval.weights import load_tensors
 
 PATCH = 32
@@ -37,7 +38,7 @@ CHECKPOINTS = ("musiq_koniq_ckpt-e95806b9.pth, musiq_spaq_ckpt-358bb6af.pth, mus
                "or musiq_ava_ckpt-e8d3f067.pth")
 
 
-class MusiqError(ValueError):
+class MusiqError(OmniLVError, ValueError):
     """The MUSIQ checkpoint is missing or holds something else; the message names the file."""
 
 

@@ -14,12 +14,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from omnilv.errors import OmniLVError
 from training.model import FlowMatching, ImageCodec, TextEncoder, load_exported
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-class ImageFileError(ValueError):
+class ImageFileError(OmniLVError, ValueError):
     """An image file is missing or unreadable; the message names it."""
 
 

@@ -8,7 +8,7 @@ from omnilv.lazy import door
 
 __all__, __getattr__ = door(__name__, {
     "run_stage": ".driver", "TrainResult": ".driver", "make_trainer": ".driver",
-    "deepspeed_config": ".deepspeed_config",
+    "deepspeed_config": ".ds_config",
     "EMA": ".ema", "RankEMA": ".ema",
     "export_dir": ".export_final",
     "MARKER": ".checkpoint", "is_complete": ".checkpoint", "resume_plan": ".checkpoint",

@@ -35,12 +35,12 @@ def setup_worker(cfg: TrainConfig, env: dict[str, str]) -> tuple[int, int, torch
 def build_flow(cfg: TrainConfig, device: torch.device) -> tuple[FlowMatching, ImageCodec, TextEncoder]:
     """(FlowMatching, codec, text encoder); the net's text/latent widths follow the encoders."""
     text, codec = TextEncoder.from_spec(cfg.text), ImageCodec.from_spec(cfg.codec)
-    fields = {"cross_attention_dim": text.dim, "in_channels": codec.channels, **cfg.model.overrides}
+    fields = cfg.model.network_fields(cross_attention_dim=text.dim, in_channels=codec.channels)
     torch.manual_seed(cfg.run.seed)  # identical init on every rank (DeepSpeed also broadcasts rank 0's)
-    net = OmniLV.from_preset(cfg.model.preset, **fields)
+    net = OmniLV(**fields)
     if cfg.stage.init_from:
         init_weights(net, cfg.stage.init_from)
-    return FlowMatching(net, **cfg.model.objective).to(device), codec, text
+    return FlowMatching(net, cfg.model.objective).to(device), codec, text
 
 
 def init_weights(net: Any, path: str) -> None:

@@ -55,4 +55,4 @@ def fp32_copy(flow: FlowMatching) -> FlowMatching:
     without rounding to bf16; raw weights are the bf16 module's, widened exactly."""
     net = OmniLV(flow.net.config)
     net.load_state_dict(flow.net.state_dict())  # copy_ widens bf16 -> fp32
-    return FlowMatching(net, timestep_sampling=flow.timestep_sampling, text_dropout=flow.text_dropout)
+    return FlowMatching(net, flow.objective)

@@ -19,7 +19,7 @@ from training.config import TrainConfig
 from training.data import Prepare, iter_batches
 from training.run import checkpoint
 from training.run.assemble import build_flow, setup_worker
-from training.run.deepspeed_config import deepspeed_config
+from training.run.ds_config import deepspeed_config
 from training.run.ema import RankEMA
 from training.run.export_final import export_final
 from training.run.faults import FaultHook

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from pipelines.configfile import ConfigError
+from pipelines.configfile import ConfigError, preset_names
 from training.config import load_train_config
-from training.run.deepspeed_config import deepspeed_config
+from training.run.ds_config import deepspeed_config
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def cfg(**sections):
@@ -54,15 +58,14 @@ def test_bad_configs_name_the_field(sections, needle):
         cfg(**sections)
 
 
-def test_shipped_configs_validate():
-    from training.config import REPO_ROOT
-
-    paths = sorted((REPO_ROOT / "configs" / "train").glob("*.yaml"))
-    assert {p.stem for p in paths} >= {"stage1_512", "stage2_incontext", "stage3_1024", "tiny_stage1",
-                                        "tiny_stage2", "tiny_stage3"}
-    for p in paths:
-        c = load_train_config(p)
+def test_shipped_configs_validate(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # presets by name, from outside the repository
+    names = preset_names("train")
+    assert set(names) >= {"stage1_512", "stage2_incontext", "stage3_1024", "tiny_stage1", "tiny_stage2", "tiny_stage3"}
+    assert names == sorted(p.stem for p in (REPO / "configs" / "train").glob("*.yaml"))  # what the package ships
+    for name in names:
+        c = load_train_config(name)
         deepspeed_config(c)
-        if p.stem.startswith("stage"):
+        if name.startswith("stage"):
             assert c.run.use_gpu and c.deepspeed.precision == "bf16" and c.model.preset == "2b"
             assert c.data.corpus.startswith("s3://")

@@ -157,7 +157,9 @@ def test_eval_cli_writes_json_html_and_sheet(exported, tmp_path, small_image):
     assert 15 < results["tasks"]["noise"]["psnr_input"] < 25
     assert np.isfinite(results["tasks"]["noise"]["psnr"]) and -1 <= results["tasks"]["noise"]["ssim"] <= 1
     assert (out / "index.html").read_text().count("<tr>") == 3
-    assert load_image(out / "sheet.png").shape[0] == 2 * (128 + 4)
+    from pipelines.sheets import CAPTION, HEADER
+
+    assert load_image(out / "sheet.png").shape[:2] == (HEADER + 2 * (1 + CAPTION + 128), 3 * 128)  # a row a task
     res = runner.invoke(app, ["eval", "--checkpoint", str(exported), str(corpus), "--out", str(out), "--limit", "1"])
     assert res.exit_code == 0 and json.loads((out / "results.json").read_text())["samples"] == 1
 

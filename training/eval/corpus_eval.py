@@ -23,7 +23,7 @@ from training.eval.metrics import psnr, ssim
 from training.eval.musiq import MUSIQ, PATCH
 from training.eval.restore import Restorer, save_image
 
-SHEET_ROW = 128  # pixels: each sheet row is resized to this height
+SHEET_CELL = 128  # pixels: each image of the sheet is fitted into a square this size
 
 
 def evaluate(checkpoint: str | Path, corpus: str, out_dir: str | Path, *, limit: int | None = None,
@@ -37,7 +37,7 @@ def evaluate(checkpoint: str | Path, corpus: str, out_dir: str | Path, *, limit:
     restorer = Restorer.from_export(checkpoint)
     stats, skipped = ReadStats(), Counter()
     scores: dict[str, list[dict[str, float]]] = defaultdict(list)
-    examples: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    examples: dict[str, tuple[list[np.ndarray | None], str]] = {}
     for i, sample in enumerate(iter_samples(corpus, stats)):
         if limit is not None and i >= limit:
             break
@@ -59,7 +59,10 @@ def evaluate(checkpoint: str | Path, corpus: str, out_dir: str | Path, *, limit:
         elif quality is not None:
             skipped[f"musiq: image under {PATCH} px"] += 1
         scores[task].append(row)
-        examples.setdefault(task, (sample.input, out, sample.target))
+        if task not in examples:
+            caption = (f"{task}: PSNR input {row['psnr_input']:.2f} dB, restored {row['psnr']:.2f} dB  "
+                       f"| {sample.instruction}")
+            examples[task] = ([sample.input, out, sample.target, sample.ref_input, sample.ref_target], caption)
         if progress is not None:
             progress(1)
     results = summarize(scores)
@@ -84,23 +87,18 @@ def write_report(results: dict[str, Any], examples: dict[str, tuple], out: Path)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True))
     if examples:
-        save_image(_sheet([examples[t] for t in sorted(examples)]), out / "sheet.png")
+        save_image(sheet([examples[t] for t in sorted(examples)]) / 255.0, out / "sheet.png")
     (out / "index.html").write_text(_html(results, bool(examples)))
 
 
-def _fit(img: np.ndarray) -> np.ndarray:
-    import cv2
+def sheet(rows: list[tuple[list[np.ndarray | None], str]]) -> np.ndarray:
+    """One labelled row per task: input | restored | target (| exemplar pair, when a sample has one)."""
+    from pipelines import labelled_sheet
 
-    h, w = img.shape[:2]
-    return cv2.resize(img, (max(1, round(w * SHEET_ROW / h)), SHEET_ROW), interpolation=cv2.INTER_AREA)
-
-
-def _sheet(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Stack rows of (input | restored | target), padded with white to a common width."""
-    lines = [np.concatenate([_fit(im) for im in row], axis=1) for row in rows]
-    width = max(line.shape[1] for line in lines)
-    return np.concatenate([np.pad(line, ((0, 4), (0, width - line.shape[1]), (0, 0)), constant_values=1.0)
-                           for line in lines], axis=0)
+    columns = ["input", "restored", "target"]
+    if any(images[3] is not None for images, _ in rows):
+        columns += ["exemplar input", "exemplar target"]
+    return labelled_sheet([(images[: len(columns)], caption) for images, caption in rows], columns, SHEET_CELL)
 
 
 def table_columns(results: dict[str, Any]) -> list[tuple[str, Callable[[str, dict], str]]]:
@@ -127,7 +125,7 @@ def _html(results: dict[str, Any], sheet: bool) -> str:
     head = "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c, _ in cols) + "</tr>"
     rows = ["<tr>" + "".join(f"<td>{html.escape(fmt(t, m))}</td>" for _, fmt in cols) + "</tr>"
             for t, m in results["tasks"].items()]
-    img = '<p>input | restored | target, one row per task</p><img src="sheet.png">' if sheet else ""
+    img = '<p>one example per task: input | restored | target</p><img src="sheet.png">' if sheet else ""
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>omnilv eval</title></head><body>"
             f"<h1>omnilv eval</h1><p>checkpoint {html.escape(results['checkpoint'])}, corpus "
             f"{html.escape(results['corpus'])}, {results['samples']} samples</p>"
