@@ -12,13 +12,15 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from omnilv.errors import OmniLVError
+
 CORPUS_FILE = "corpus_build.json"
 TRAIN_FILE = "train_step.json"
 CORPUS_KEYS = ("samples_per_s_per_core", "bytes_per_sample", "resolution", "cores", "chain")
 _SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}
 
 
-class PlanError(Exception):
+class PlanError(OmniLVError):
     """A missing/malformed benchmark file or a bad flag; the message names the file and key."""
 
 
@@ -107,9 +109,17 @@ def _number(data: dict, key: str, path: Path) -> float:
     return float(value)
 
 
-def load_bench(bench_dir: str | Path) -> tuple[dict, dict, dict]:
-    """Read and check both files; returns (corpus figures, train figures, {name: path})."""
-    bench_dir = Path(bench_dir)
+def shipped_bench() -> Path:
+    """The measured figures that ship with the package (``bench/results``, linked as ``omnilv/bench``)."""
+    from importlib import resources
+
+    return Path(str(resources.files("omnilv") / "bench"))
+
+
+def load_bench(bench_dir: str | Path | None = None) -> tuple[dict, dict, dict]:
+    """Read and check both files (from ``bench_dir``, else the shipped figures); returns (corpus figures,
+    train figures, {name: path})."""
+    bench_dir = Path(bench_dir) if bench_dir is not None else shipped_bench()
     cpath, tpath = bench_dir / CORPUS_FILE, bench_dir / TRAIN_FILE
     corpus = _read_json(cpath, "corpus build (bench/corpus_build.py)")
     for key in ("samples_per_s_per_core", "bytes_per_sample", "resolution"):
@@ -187,7 +197,7 @@ def _s3_build(p: PlanInputs, c: dict) -> dict:
             "build_puts_per_s": shards_per_s * puts_per_shard}
 
 
-def make_plan(p: PlanInputs, bench_dir: str | Path) -> Plan:
+def make_plan(p: PlanInputs, bench_dir: str | Path | None = None) -> Plan:
     """The whole plan; pure arithmetic on the two benchmark files and the flags."""
     gpus = p.nodes * p.gpus_per_node
     if gpus < 1:
