@@ -111,6 +111,12 @@ def load_target(spec: str) -> type[Degradation]:
     entry = Entry(spec.rpartition(":")[2], spec, "command line")
     try:
         cls = entry.load()
+    except ModuleNotFoundError as exc:
+        top = spec.partition(":")[0].split(".")[0]
+        hint = (f" It is not installed: install your package (`pip install -e .` in its folder, which also "
+                f"registers its entry points) or run `PYTHONPATH=. omnilv degradations check {spec}` from the folder "
+                f"holding {top}/." if exc.name == top else "")
+        raise PluginError(f"cannot import {spec!r}: {exc}.{hint}") from exc
     except (ImportError, AttributeError) as exc:
         raise PluginError(f"cannot import {spec!r}: {exc}") from exc
     validate_class(cls, cls.__name__, origin=spec)

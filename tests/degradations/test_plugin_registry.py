@@ -83,3 +83,12 @@ def test_load_target_rejects_non_plugins():
         registry.load_target("degradations.kernels:clip01")
     with pytest.raises(PluginError, match="cannot import"):
         registry.load_target("no_such_module:Thing")
+
+
+def test_an_uninstalled_module_says_how_to_make_it_importable():
+    with pytest.raises(PluginError, match=r"not installed: install your package .*PYTHONPATH=\. omnilv degradations "
+                                          r"check no_such_pkg\.plugins:P"):
+        registry.load_target("no_such_pkg.plugins:P")
+    with pytest.raises(PluginError) as exc:  # a missing dependency inside an importable module is not that case
+        registry.load_target("degradations.no_such_module:P")
+    assert "not installed" not in str(exc.value)
