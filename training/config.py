@@ -1,35 +1,86 @@
-"""The training config: one validated model per YAML file in ``configs/train/``.
+"""The training config: one validated model per YAML file (bundled presets: ``configs/train/``).
 
-Every field has a one-line doc; ``omnilv train CONFIG --set optim.lr=3e-4`` overrides any of them.
-The DeepSpeed dict is derived from this in :mod:`training.run.deepspeed_config` (the one place).
+Every field has a one-line doc (the docstring under it); ``omnilv train CONFIG --set optim.lr=3e-4`` overrides
+any of them. CONFIG is a path (relative to the current folder) or a preset name (``tiny_stage1``). The DeepSpeed
+dict is derived from this in :mod:`training.run.ds_config` (the one place).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
-from pipelines import load_config
+from pipelines import Section, find_config, load_config
+from training.model import OmniLVConfig
+from training.model import preset as size_preset
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+#: OmniLVConfig fields a run sets itself: the preset's name, and the widths that follow ``codec`` and ``text``.
+NOT_OVERRIDABLE = ("preset", "in_channels", "cross_attention_dim")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def optional_fields(model: type[Section], name: str, exclude: tuple[str, ...] = ()) -> type[Section]:
+    """A section with ``model``'s fields (same types, bounds and docs), each optional: None means "not given"."""
+    fields: dict[str, Any] = {}
+    for field, info in model.model_fields.items():
+        if field not in exclude:
+            bounded = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+            fields[field] = (bounded | None, Field(None, description=info.description))
+    return create_model(name, __base__=Section, __doc__=f"Optional fields of {model.__name__}.", **fields)
 
 
-class ModelSection(_Section):
+#: ``model.overrides``: OmniLVConfig fields that replace the preset's; a field left out (None) keeps the preset's.
+ModelOverrides = optional_fields(OmniLVConfig, "ModelOverrides", exclude=NOT_OVERRIDABLE)
+
+
+class ObjectiveConfig(Section):
+    """The flow-matching objective's settings (``model.objective``), taken by ``FlowMatching(net, objective)``."""
+
+    timestep_sampling: Literal["uniform", "logit_normal"] = "logit_normal"
+    """How training draws t: ``logit_normal`` concentrates on mid times, where the velocity is hardest."""
+    logit_mean: float = 0.0
+    """Mean of the normal whose sigmoid is t (logit_normal only); above 0 leans towards the data end, t = 1."""
+    logit_std: float = Field(1.0, gt=0)
+    """Standard deviation of that normal (logit_normal only)."""
+    text_dropout: float = Field(0.1, ge=0, le=1)
+    """Chance a training sample's instruction is replaced by the null text (what classifier-free guidance needs)."""
+
+
+class ModelSection(Section):
+    """The network and its objective."""
+
     preset: str = "tiny"
     """Size preset of ``OmniLV.from_preset`` (``tiny`` … ``2b``)."""
-    overrides: dict[str, Any] = Field(default_factory=dict)
-    """Fields of ``OmniLVConfig`` that replace the preset's values (e.g. ``num_layers: 4``)."""
-    objective: dict[str, Any] = Field(default_factory=dict)
-    """Keyword arguments of ``FlowMatching`` (timestep sampling, instruction dropout, …)."""
+    overrides: ModelOverrides = Field(default_factory=ModelOverrides)
+    """Fields of ``OmniLVConfig`` that replace the preset's values (e.g. ``num_layers: 4``); the latent and text
+    widths follow ``codec`` and ``text``."""
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    """The flow-matching objective: timestep sampling, instruction dropout."""
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, name: str) -> str:
+        size_preset(name)  # raises with the known names
+        return name
+
+    @model_validator(mode="after")
+    def _network_fits(self) -> ModelSection:
+        try:  # checked here, before Ray starts, rather than when a worker builds the network
+            OmniLVConfig(**self.network_fields())
+        except ValidationError as exc:
+            raise ValueError(f"preset {self.preset!r} with these overrides is not a valid network: "
+                             + "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
+        return self
+
+    def network_fields(self, **fixed: Any) -> dict[str, Any]:
+        """OmniLVConfig fields: the preset's, then ``fixed`` (the encoders' widths), then the overrides given."""
+        return {**size_preset(self.preset), **fixed, **self.overrides.model_dump(exclude_none=True)}
 
 
-class DataSection(_Section):
+class DataSection(Section):
+    """The corpus (or latent cache) and how it is cut into batches."""
+
     corpus: str = ""
     """Corpus root: a local folder or ``s3://`` prefix holding ``manifest.json`` and its shards."""
     latents: str = ""
@@ -56,7 +107,9 @@ class DataSection(_Section):
         return [tuple(b) for b in self.buckets] or [(self.resolution, self.resolution)]
 
 
-class OptimSection(_Section):
+class OptimSection(Section):
+    """AdamW, its schedule, clipping, accumulation and the weights' EMA."""
+
     lr: float = Field(1e-4, gt=0)
     """Peak learning rate of AdamW."""
     betas: tuple[float, float] = (0.9, 0.999)
@@ -74,7 +127,9 @@ class OptimSection(_Section):
     averaged weights. 0 disables."""
 
 
-class DeepSpeedSection(_Section):
+class DeepSpeedSection(Section):
+    """DeepSpeed ZeRO stage, precision and offload."""
+
     zero_stage: Literal[0, 1, 2, 3] = 2
     """ZeRO stage: 0 (DDP-like), 1 (optimizer states), 2 (+gradients), 3 (+parameters)."""
     precision: Literal["bf16", "fp32"] = "fp32"
@@ -86,7 +141,9 @@ class DeepSpeedSection(_Section):
     """Keep parameters in CPU memory (ZeRO-3 only)."""
 
 
-class ScheduleSection(_Section):
+class ScheduleSection(Section):
+    """How long the stage runs, and how often it checkpoints, evaluates and logs."""
+
     steps: int = Field(100, ge=1)
     """Optimizer steps of this stage (the run ends exactly here, also after resumes)."""
     checkpoint_every: int = Field(50, ge=1)
@@ -97,14 +154,18 @@ class ScheduleSection(_Section):
     """Console/TensorBoard logging period in steps."""
 
 
-class StageSection(_Section):
+class StageSection(Section):
+    """Which stage this is and what it starts from."""
+
     name: str = "stage1"
     """Stage name (``stage1``, ``stage2``, ``stage3``); used for the run folder."""
     init_from: str = ""
     """Exported model folder (or a run folder holding ``export/``) to start from: weights only, step 0."""
 
 
-class RunSection(_Section):
+class RunSection(Section):
+    """Workers, storage, failures, seed, export."""
+
     name: str = ""
     """Run folder name under ``storage_path`` (default: the stage name)."""
     workers: int = Field(1, ge=1)
@@ -127,7 +188,7 @@ class RunSection(_Section):
     """Log level of Ray Train and the train workers (INFO prints every report and checkpoint)."""
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """One training stage."""
 
     model: ModelSection = Field(default_factory=ModelSection)
@@ -166,15 +227,8 @@ class TrainConfig(_Section):
         return self.data.batch_size * self.optim.grad_accum * self.run.workers
 
 
-def resolve_path(path: str | Path) -> Path:
-    """A config path as given, else relative to the repo root (so ``configs/…`` works from any folder)."""
-    p = Path(path)
-    if p.exists() or p.is_absolute():
-        return p
-    return REPO_ROOT / p
-
-
 def load_train_config(source: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Load and validate a training config; errors name the file and the field."""
-    src = source if isinstance(source, dict) else resolve_path(source)
+    """Load and validate a training config: a YAML path (relative to the current folder), a bundled preset name
+    (``tiny_stage1``), or a dict. Errors name the file and the dotted field."""
+    src = source if isinstance(source, dict) else find_config("train", source)
     return load_config(TrainConfig, src, overrides)

@@ -60,7 +60,7 @@ def build_corpora(out: Path, variants: int, crop: int, progress: bool = True) ->
 
 
 def quick_config(corpus: str, out: Path, overrides: list[str]) -> TrainConfig:
-    return load_train_config("configs/train/quickstart.yaml",
+    return load_train_config("quickstart",
                              [f"data.corpus={corpus}", f"run.storage_path={out / 'runs'}", *overrides])
 
 

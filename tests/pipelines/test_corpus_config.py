@@ -1,10 +1,16 @@
-"""The corpus config: presets load, overrides apply, errors name file and field, the digest ignores runtime."""
+"""The corpus config: presets load (by name, from any folder), overrides apply, errors name file and field, the
+digest ignores runtime."""
 
 from __future__ import annotations
 
-import pytest
+from typing import get_args
 
-from pipelines.config import ConfigError, load_corpus_config
+import pytest
+from pydantic import BaseModel
+
+from pipelines import Section
+from pipelines.config import ConfigError, CorpusConfig, SourceSpec, load_corpus_config
+from pipelines.configfile import preset_names
 
 
 def test_presets_load_and_differ_only_where_documented():
@@ -37,3 +43,37 @@ def test_digest_ignores_how_and_where_but_not_what(tmp_path):
     other = load_corpus_config(None, ["output.seed=1"])
     assert base.digest() == same.digest() and base.digest() != other.digest()
     assert "path" not in base.resolved()["output"] and "runtime" not in base.resolved()
+
+
+def test_every_corpus_preset_loads_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    names = preset_names("corpus")
+    assert set(names) >= {"quickstart", "omnilv_512", "production_40m"}
+    for name in names:
+        assert load_corpus_config(name).digest() == load_corpus_config(f"{name}.yaml").digest()
+    assert load_corpus_config(None).digest() == load_corpus_config("quickstart").digest()
+
+
+def test_the_default_digest_is_pinned():
+    # What a resume compares: a refactor of the schema (its base class, its docs) must not change it. Change the pin
+    # only with a change of defaults that is meant to make old corpora resume-incompatible.
+    assert CorpusConfig().digest() == "fd66cae517630d54b17f27679acc770b041bd89d0f1b06dc889806b5d4a91b93"
+
+
+def sections(model: type[BaseModel]) -> list[type[BaseModel]]:
+    """``model`` and every section nested in it (through ``X``, ``list[X]``, ``X | None``)."""
+    found = [model]
+    for field in model.model_fields.values():
+        for t in (field.annotation, *get_args(field.annotation)):
+            if isinstance(t, type) and not get_args(t) and issubclass(t, BaseModel):
+                found += sections(t)
+    return found
+
+
+def test_every_section_is_a_section_and_every_field_has_a_doc():
+    """One base class, one convention: the docstring under each field is its description."""
+    found = sections(CorpusConfig)
+    assert SourceSpec in found and len(found) == 7  # the root and its six sections
+    for section in found:
+        assert issubclass(section, Section), section.__name__
+        assert all(f.description for f in section.model_fields.values()), section.__name__

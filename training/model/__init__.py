@@ -7,7 +7,7 @@ Where to start reading: ``omnilv.py`` (the network), then ``flow.py`` (loss and 
 from omnilv.lazy import door
 
 __all__, __getattr__ = door(__name__, {
-    "OmniLV": ".omnilv", "OmniLVConfig": ".omnilv", "PRESETS": ".presets", "preset": ".presets",
+    "OmniLV": ".omnilv", "OmniLVConfig": ".presets", "PRESETS": ".presets", "preset": ".presets",
     "FlowMatching": ".flow", "null_text": ".flow",
     "ImageCodec": ".encoders", "TextEncoder": ".encoders",
     "export_model": ".export", "load_exported": ".export", "load_network": ".export", "read_meta": ".export",

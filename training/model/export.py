@@ -6,7 +6,7 @@ Layout::
       backbone/            LuminaNextDiT2DModel.save_pretrained (config.json + safetensors)
       omnilv_modules.safetensors   our adapter (``adapter.*``) and visual-prompt projector (``prompt.*``)
       omnilv_config.json   OmniLVConfig (the network's constructor arguments)
-      omnilv.json          text encoder spec, codec spec, preset, flow settings, sampler defaults
+      omnilv.json          text encoder spec, codec spec, preset, flow settings (ObjectiveConfig), sampler defaults
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
+from omnilv.errors import OmniLVError
 from pipelines import local_copy
+from training.config import ObjectiveConfig
 from training.model.encoders import ImageCodec, TextEncoder
 from training.model.flow import FlowMatching
 from training.model.omnilv import OmniLV, OmniLVConfig
@@ -28,7 +31,7 @@ META, CONFIG, MODULES, BACKBONE = "omnilv.json", "omnilv_config.json", "omnilv_m
 DEFAULT_SAMPLER = {"steps": 20, "method": "euler", "guidance": 1.0}
 
 
-class ExportError(ValueError):
+class ExportError(OmniLVError, ValueError):
     """An exported folder is missing a file or does not match its config; the message names the file."""
 
 
@@ -52,7 +55,7 @@ def export_model(model: OmniLV | FlowMatching, text_spec: str, codec_spec: str, 
     meta = {"format": FORMAT_VERSION, "text_encoder": text_spec, "codec": codec_spec, "preset": net.config.preset,
             "sampler": {**DEFAULT_SAMPLER, **(sampler or {})}, **(extra or {})}
     if isinstance(model, FlowMatching):
-        meta["flow"] = {"timestep_sampling": model.timestep_sampling, "text_dropout": model.text_dropout}
+        meta["flow"] = model.objective.model_dump(mode="json")
     (out / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
     return out
 
@@ -109,8 +112,12 @@ def load_exported(folder: str | Path, device: str | torch.device = "cpu"
     with local_copy(folder) as local:
         meta = read_meta(local)
         net = _load_network(local)
-    flow_kw = {k: v for k, v in meta.get("flow", {}).items() if k in ("timestep_sampling", "text_dropout")}
-    flow = FlowMatching(net, **flow_kw).eval().to(device)
+    try:  # older exports stored only some of the settings: the rest take their defaults
+        objective = ObjectiveConfig.model_validate(meta.get("flow", {}))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ExportError(f"{Path(folder) / META}: flow: {problems}") from None
+    flow = FlowMatching(net, objective).eval().to(device)
     text = TextEncoder.from_spec(meta["text_encoder"]).to(device)
     codec = ImageCodec.from_spec(meta["codec"]).to(device)
     if text.dim != flow.net.config.cross_attention_dim:

@@ -18,14 +18,13 @@ caller's job, as is the EMA of the weights (:mod:`training.run.ema`).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from training.config import ObjectiveConfig
 from training.model.omnilv import OmniLV
-
-TimestepSampling = Literal["uniform", "logit_normal"]
 
 
 def null_text(text: torch.Tensor, text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,18 +35,25 @@ def null_text(text: torch.Tensor, text_mask: torch.Tensor) -> tuple[torch.Tensor
 
 
 class FlowMatching(nn.Module):
-    """Wraps an :class:`OmniLV`: ``forward(batch) -> loss`` for training, :meth:`sample` for inference."""
+    """Wraps an :class:`OmniLV`: ``forward(batch) -> loss`` for training, :meth:`sample` for inference.
 
-    def __init__(self, net: OmniLV, *, timestep_sampling: TimestepSampling = "logit_normal",
-                 logit_mean: float = 0.0, logit_std: float = 1.0, text_dropout: float = 0.1) -> None:
+    Its settings are one :class:`ObjectiveConfig` (the training config's ``model.objective``), given whole or as
+    keywords: ``FlowMatching(net, cfg.model.objective)``, ``FlowMatching(net, text_dropout=0.0)``.
+    """
+
+    def __init__(self, net: OmniLV, objective: ObjectiveConfig | None = None, **fields: Any) -> None:
         super().__init__()
-        if timestep_sampling not in ("uniform", "logit_normal"):
-            raise ValueError(f"timestep_sampling must be 'uniform' or 'logit_normal', got {timestep_sampling!r}")
-        if not 0.0 <= text_dropout <= 1.0:
-            raise ValueError(f"text_dropout must be in [0, 1], got {text_dropout}")
+        if objective is not None and fields:
+            raise TypeError(f"give an ObjectiveConfig or its fields, not both (got {', '.join(fields)} too)")
         self.net = net
-        self.timestep_sampling = timestep_sampling
-        self.logit_mean, self.logit_std, self.text_dropout = logit_mean, logit_std, text_dropout
+        # Plain attributes (what forward reads); ``objective`` gathers them back into one validated config.
+        for name, value in objective if objective is not None else ObjectiveConfig(**fields):
+            setattr(self, name, value)
+
+    @property
+    def objective(self) -> ObjectiveConfig:
+        """The settings as a config: what an export stores and ``FlowMatching(net, objective)`` takes."""
+        return ObjectiveConfig(**{name: getattr(self, name) for name in ObjectiveConfig.model_fields})
 
     def sample_t(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
         """(n,) times in (0, 1); logit-normal concentrates on mid times where the velocity is hardest."""

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
-from training.config import REPO_ROOT
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
 def bench():
     env = dict(os.environ)
-    spec = importlib.util.spec_from_file_location("bench_train_step", REPO_ROOT / "bench" / "train_step.py")
+    spec = importlib.util.spec_from_file_location("bench_train_step", REPO / "bench" / "train_step.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     os.environ.clear()
