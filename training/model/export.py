@@ -6,12 +6,20 @@ Layout::
       backbone/            LuminaNextDiT2DModel.save_pretrained (config.json + safetensors)
       omnilv_modules.safetensors   our adapter (``adapter.*``) and visual-prompt projector (``prompt.*``)
       omnilv_config.json   OmniLVConfig (the network's constructor arguments)
-      omnilv.json          text encoder spec, codec spec, preset, flow settings (ObjectiveConfig), sampler defaults
+      omnilv.json          text encoder spec, codec spec, preset, flow settings (ObjectiveConfig), sampler defaults,
+                           and every other file's size and sha256 (written last: its presence means complete)
+
+A re-export never mixes two models: the new one is written beside the old (``.OUT.tmp-…``) and swapped in only when
+complete, and the loader checks each file against ``omnilv.json``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +54,71 @@ def export_model(model: OmniLV | FlowMatching, text_spec: str, codec_spec: str, 
     Pass full (gathered, e.g. EMA) weights: under ZeRO-3 call this on rank 0 after consolidating.
     """
     net = _unwrap(model)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    net.backbone.save_pretrained(out / BACKBONE, safe_serialization=True)
-    ours = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items() if not k.startswith("backbone.")}
-    save_file(ours, str(out / MODULES))
-    (out / CONFIG).write_text(net.config.model_dump_json(indent=1))
-    meta = {"format": FORMAT_VERSION, "text_encoder": text_spec, "codec": codec_spec, "preset": net.config.preset,
-            "sampler": {**DEFAULT_SAMPLER, **(sampler or {})}, **(extra or {})}
-    if isinstance(model, FlowMatching):
-        meta["flow"] = model.objective.model_dump(mode="json")
-    (out / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
+    out = Path(out_dir).absolute()
+    if out.exists() and any(out.iterdir()) and not (out / META).is_file():
+        raise ExportError(f"{out}: holds files that are not an omnilv export; export somewhere else")
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        net.backbone.save_pretrained(tmp / BACKBONE, safe_serialization=True)
+        ours = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()
+                if not k.startswith("backbone.")}
+        save_file(ours, str(tmp / MODULES))
+        (tmp / CONFIG).write_text(net.config.model_dump_json(indent=1))
+        meta = {"format": FORMAT_VERSION, "text_encoder": text_spec, "codec": codec_spec,
+                "preset": net.config.preset, "sampler": {**DEFAULT_SAMPLER, **(sampler or {})}, **(extra or {}),
+                "files": {name: _describe(tmp / name) for name in _files(tmp)}}
+        if isinstance(model, FlowMatching):
+            meta["flow"] = model.objective.model_dump(mode="json")
+        (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
+        _swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != META)
+
+
+def _describe(path: Path) -> dict[str, Any]:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Replace the export at ``out`` by the complete one at ``new``: two renames, then the old files go (only
+    those its ``omnilv.json`` names; a folder left with anything else is kept beside, as ``.OUT.old-…``)."""
+    if not out.exists():
+        os.rename(new, out)
+        return
+    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(out, old)
+    os.rename(new, out)
+    listed = json.loads((old / META).read_text()).get("files") if (old / META).is_file() else None
+    names = list(listed) if isinstance(listed, dict) else _files(old)  # older exports: the whole layout
+    for name in [*names, META]:
+        (old / name).unlink(missing_ok=True)
+    for d in sorted((p for p in old.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(d.iterdir()):
+            d.rmdir()
+    if not any(old.iterdir()):
+        old.rmdir()
+
+
+def check_files(folder: Path, meta: dict[str, Any], *, hashes: bool) -> None:
+    """Every file ``omnilv.json`` lists is there with its size (and sha256): never a mix of two exports."""
+    for name, want in (meta.get("files") or {}).items():
+        path = folder / name
+        if not path.is_file():
+            raise ExportError(f"{folder}: missing {name}; the export is incomplete")
+        got = _describe(path) if hashes else {"bytes": path.stat().st_size}
+        if any(got[k] != want.get(k) for k in got):
+            raise ExportError(f"{path}: does not match {META} (a file of another export, or a broken copy); "
+                              "export again")
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
@@ -77,6 +138,7 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
 def load_network(folder: str | Path) -> OmniLV:
     """The OmniLV network of an exported folder, local or ``s3://`` (downloaded first)."""
     with local_copy(folder) as local:
+        check_files(local, read_meta(local), hashes=local != Path(str(folder)))
         return _load_network(local)
 
 
@@ -111,6 +173,7 @@ def load_exported(folder: str | Path, device: str | torch.device = "cpu"
     """(flow, text encoder, codec, meta) of an exported folder (local or ``s3://``), ready for sampling."""
     with local_copy(folder) as local:
         meta = read_meta(local)
+        check_files(local, meta, hashes=local != Path(str(folder)))  # a download is checked byte for byte
         net = _load_network(local)
     try:  # older exports stored only some of the settings: the rest take their defaults
         objective = ObjectiveConfig.model_validate(meta.get("flow", {}))

@@ -1,7 +1,8 @@
 """The end of a run: rank 0 exports the trained network (its EMA weights when the run keeps an EMA).
 
 Under ZeRO-3 every rank first gathers the partitioned parameters; the EMA shares are gathered too. A remote
-export is written to a temp folder and uploaded, ``omnilv.json`` last.
+export is written to a temp folder and uploaded, the old ``omnilv.json`` removed first and the new one written last;
+a local one is swapped in whole (:func:`training.model.export_model`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import contextlib
 import tempfile
 from typing import Any
 
-from pipelines import is_remote, join, upload_dir
+from pipelines import Store, is_remote, join, s3_options, upload_dir
 from training.config import TrainConfig
 from training.model import FlowMatching, OmniLV, export_model
 from training.run.ema import RankEMA, describe, load_into
@@ -45,7 +46,8 @@ def export_final(cfg: TrainConfig, engine: Any, rank: int, ema: RankEMA | None =
                 export_model(model, cfg.text, cfg.codec, local, extra={"stage": cfg.stage.name,
                                                                        "trained_in": cfg.deepspeed.precision,
                                                                        **describe(ema)})
-                if local != out:
+                if local != out:  # readers stop at once (no omnilv.json), and see it again only when complete
+                    Store(out, s3_options()).remove(["omnilv.json"])
                     upload_dir(local, out)
     dist.barrier()
 
