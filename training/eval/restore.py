@@ -18,6 +18,9 @@ from omnilv.errors import OmniLVError
 from training.model import FlowMatching, ImageCodec, TextEncoder, load_exported
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+#: The formats a user's image may be (PIL knows many more, some of which run external programs, e.g. EPS).
+FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+MAX_PIXELS = 100_000_000  # PIL's decompression-bomb cap is ~179 Mpx; this is ours, checked before decoding
 
 
 class ImageFileError(OmniLVError, ValueError):
@@ -32,14 +35,16 @@ def load_image(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise ImageFileError(f"{path}: no such image file")
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=FORMATS) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise ImageFileError(f"{path}: {im.width}x{im.height} is over {MAX_PIXELS:,} pixels; resize it first")
             im.load()
             if im.mode in ("I;16", "I;16B", "I"):
                 arr = np.asarray(im, dtype=np.float32) / 65535.0
                 return np.repeat(arr[..., None], 3, axis=2)
             return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ImageFileError(f"{path}: not a readable image ({exc})") from None
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise ImageFileError(f"{path}: not a readable {'/'.join(FORMATS)} image ({exc})") from None
 
 
 def save_image(img: np.ndarray, path: str | Path) -> Path:
