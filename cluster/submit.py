@@ -8,16 +8,22 @@ exactly as they use the local Ray on a laptop. This module imports only Ray's th
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import json
 import os
 import shlex
+import signal
+import sys
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from cluster.render import runtime_env
+from omnilv.errors import OmniLVError
 
 # Environment every job gets, from the shared runtime env that RayJobs embed too: no usage-stats
 # phone-home, one BLAS/OpenMP thread per Ray worker (Ray already runs one worker per core).
@@ -30,8 +36,14 @@ PASSTHROUGH_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TO
 
 STOPPED_EXIT_CODE = 2  # a job stopped by someone (ray job stop) is not a success
 
+# Never uploaded with --working-dir, whatever .gitignore/.rayignore say (gitignore syntax, any depth).
+# cluster/README.md tells users to keep S3 keys in s3.env; Ray's working-dir package is readable by
+# anyone who can use the cluster.
+SECRET_EXCLUDES = (".env", ".env.*", "*.env", ".aws/", ".ray/", "auth_token", ".netrc", ".git-credentials",
+                   "*.pem", "*.key", "id_rsa*", "id_ed25519*")
 
-class SubmitError(Exception):
+
+class SubmitError(OmniLVError):
     """A problem the user can fix (bad address, unreachable cluster, bad --env); message is for people."""
 
 
@@ -93,18 +105,69 @@ def find_token(environ: dict[str, str] | None = None) -> tuple[str | None, str]:
         return None, path
 
 
+def _origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) with the default port filled in: two URLs share a token only if these match."""
+    parsed = urllib.parse.urlsplit(url)
+    scheme = parsed.scheme.lower()
+    return scheme, (parsed.hostname or "").lower(), parsed.port or (443 if scheme == "https" else 80)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
+
+
+def plain_http_warning(address: str, source: str) -> str | None:
+    """The one-line warning for a token about to cross the network unencrypted, or None when it does not."""
+    scheme, host, _ = _origin(address)
+    if scheme != "http" or _is_loopback(host):
+        return None
+    return (f"warning: sending the Ray auth token (from {source}) to {host} over plain http://; anyone on the "
+            "network path can read it. Use https://, or an SSH tunnel / kubectl port-forward to 127.0.0.1")
+
+
+class _TokenStaysHome(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect that carries the token only to the same scheme, host and port.
+
+    urllib copies ``Authorization`` onto every redirect, so without this a server could hand the token on
+    to any host it names.
+    """
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if req.has_header("Authorization") and _origin(newurl) != _origin(req.full_url):
+            fp.close()
+            scheme, host, port = _origin(newurl)
+            raise SubmitError(f"{req.full_url} redirected the request that carries the Ray auth token to "
+                              f"{scheme}://{host}:{port}, another host; the token goes only to the address you "
+                              "gave. If that is your cluster's dashboard, pass it as --address")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_opener = urllib.request.build_opener(_TokenStaysHome)
+
+
 def _get_version(url: str, headers: dict[str, str], timeout: float) -> bytes:
     req = urllib.request.Request(url, headers=headers)
-    with urllib.request.urlopen(req, timeout=timeout) as r:  # scheme checked by normalize_address
+    with _opener.open(req, timeout=timeout) as r:  # scheme checked by normalize_address
         return r.read(65536)
 
 
-def check_dashboard(address: str, timeout: float = 10.0) -> tuple[str, dict[str, str]]:
-    """GET ``/api/version``; returns the cluster's Ray version and the auth headers it needs, or raises SubmitError.
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
-    The token is sent only after the server asked for one (HTTP 401), so a mistyped address never receives it.
+
+def check_dashboard(address: str, timeout: float = 10.0,
+                    warn: Callable[[str], None] | None = None) -> tuple[str, dict[str, str], str | None]:
+    """GET ``/api/version``: the cluster's Ray version, the auth headers it needs and where the token came from
+    (None when the cluster asked for none), or SubmitError.
+
+    The token is sent only after the server asked for one (HTTP 401), so a mistyped address never receives it,
+    and only to the scheme, host and port of ``address`` (a redirect elsewhere is refused). ``warn`` gets one
+    line when the token would travel over plain http to a host that is not this machine.
     """
-    url, headers = address + "/api/version", {}
+    url, headers, source = address + "/api/version", {}, None
     try:
         try:
             body = _get_version(url, headers, timeout)
@@ -116,6 +179,8 @@ def check_dashboard(address: str, timeout: float = 10.0) -> tuple[str, dict[str,
                 raise SubmitError(f"the Ray cluster at {address} uses token authentication and no token was found "
                                   f"(looked at RAY_AUTH_TOKEN, {source}). Get it on the head with "
                                   "`ray get-auth-token` and export RAY_AUTH_TOKEN") from None
+            if (warning := plain_http_warning(address, source)) is not None:
+                (warn or _to_stderr)(warning)
             headers = {"Authorization": f"Bearer {token}"}
             try:
                 body = _get_version(url, headers, timeout)
@@ -132,7 +197,7 @@ def check_dashboard(address: str, timeout: float = 10.0) -> tuple[str, dict[str,
                           "port forwarded? (`ray dashboard CLUSTER.yaml`, or `kubectl port-forward "
                           "svc/CLUSTER-head-svc 8265:8265`)") from None
     try:
-        return str(json.loads(body)["ray_version"]), headers
+        return str(json.loads(body)["ray_version"]), headers, source
     except (ValueError, KeyError, TypeError):
         raise SubmitError(f"{address} answered /api/version without a Ray version: it is not a Ray "
                           "dashboard") from None
@@ -160,9 +225,10 @@ def build_runtime_env(req: SubmitRequest, environ: dict[str, str] | None = None)
     if req.working_dir:
         if not os.path.isdir(req.working_dir):
             raise SubmitError(f"--working-dir {req.working_dir!r} is not a directory")
-        # Uploaded to the cluster (git-ignored files excluded) and used as the job's cwd, so relative
-        # config paths such as configs/train/stage1_512.yaml resolve there as they do here.
+        # Uploaded to the cluster (git-ignored files and secrets excluded) and used as the job's cwd, so
+        # relative config paths such as configs/train/stage1_512.yaml resolve there as they do here.
         runtime_env["working_dir"] = os.path.abspath(req.working_dir)
+        runtime_env["excludes"] = list(SECRET_EXCLUDES)
     return runtime_env, passed
 
 
@@ -179,14 +245,18 @@ def exit_code_for(status: str, driver_exit_code: int | None) -> int:
     return driver_exit_code if driver_exit_code else 1
 
 
-def submit(req: SubmitRequest, echo: Callable[[str], None] = print) -> tuple[object, str]:
-    """Check the address, submit the job, print its id and dashboard URL; returns (client, job_id)."""
+def submit(req: SubmitRequest, echo: Callable[[str], None] = print,
+           warn: Callable[[str], None] = _to_stderr) -> tuple[object, str]:
+    """Check the address, submit the job, print its id and dashboard URL; returns (client, job_id).
+
+    The client remembers where the token came from (``omnilv_token_source``) for :func:`ray_cli_hint`.
+    """
     from ray.job_submission import JobSubmissionClient
 
     if not req.command:
         raise SubmitError("nothing to run: put the command after `--`, e.g. `-- omnilv train CONFIG`")
     address = normalize_address(req.address)
-    version, headers = check_dashboard(address)
+    version, headers, source = check_dashboard(address, warn=warn)
     runtime_env, passed = build_runtime_env(req)
     try:
         client = JobSubmissionClient(address, headers=headers or None)
@@ -195,11 +265,22 @@ def submit(req: SubmitRequest, echo: Callable[[str], None] = print) -> tuple[obj
                                    metadata={"submitted_by": "omnilv cluster submit"})
     except Exception as e:  # the SDK raises RuntimeError/ConnectionError with the server's message
         raise SubmitError(f"the cluster at {address} (Ray {version}) refused the job: {e}") from None
+    client.omnilv_token_source = source
     echo(f"submitted job {job_id} to {address} (Ray {version})")
     echo(f"dashboard: {dashboard_job_url(address, job_id)}")
     if passed:
         echo("passed from your environment (values not shown): " + ", ".join(passed))
     return client, job_id
+
+
+def ray_cli_hint(client, command: str) -> str:
+    """``command`` (a ``ray job …`` line) as it must be typed for this cluster.
+
+    Ray's CLI sends a token only with RAY_AUTH_MODE=token set, and then finds it as we did (RAY_AUTH_TOKEN,
+    RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token). The token itself is never printed: only where it was found.
+    """
+    source = getattr(client, "omnilv_token_source", None)
+    return f"RAY_AUTH_MODE=token {command}  # token from {source}, as here" if source else command
 
 
 async def _tail(client, job_id: str, write: Callable[[str], None]) -> None:
@@ -216,17 +297,36 @@ def follow(client, job_id: str, write: Callable[[str], None]) -> JobResult:
 
     # The SDK logs an INFO line when the log websocket closes normally; it is noise at the end of every job.
     logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)
-    try:
-        asyncio.run(_tail(client, job_id, write))
-    except Exception as e:  # any streaming failure: the job is unaffected, so poll
-        # A proxy that drops websockets: fall back to polling and print the whole log at the end.
-        write(f"[log streaming unavailable ({e}); waiting for the job to finish]\n")
-        _wait_terminal(client, job_id)
-        write(client.get_job_logs(job_id))
-    info = _wait_terminal(client, job_id)
+    with _ctrl_c_interrupts():
+        try:
+            asyncio.run(_tail(client, job_id, write))
+        except Exception as e:  # any streaming failure: the job is unaffected, so poll
+            # A proxy that drops websockets: fall back to polling and print the whole log at the end.
+            write(f"[log streaming unavailable ({e}); waiting for the job to finish]\n")
+            _wait_terminal(client, job_id)
+            write(client.get_job_logs(job_id))
+        info = _wait_terminal(client, job_id)
     status = str(getattr(info.status, "value", info.status))
     code = exit_code_for(status, getattr(info, "driver_exit_code", None))
     return JobResult(job_id=job_id, status=status, exit_code=code, message=info.message or "")
+
+
+@contextlib.contextmanager
+def _ctrl_c_interrupts() -> Iterator[None]:
+    """Ctrl-C (SIGINT) raises KeyboardInterrupt inside, even when this process inherited SIGINT as ignored.
+
+    A shell without job control starts ``cmd &`` with SIGINT ignored, and the ignore survives exec, so a
+    follower started that way (a background script, a CI step, a test run) never stopped. Honouring it here
+    loses nothing: it stops the following, never the job. A handler someone installed is left alone.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _wait_terminal(client, job_id: str, poll_s: float = 0.5):
