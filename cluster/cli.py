@@ -10,20 +10,17 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, help="Submit jobs to Ray clusters, plan and render cluster configs.")
+from omnilv.options import JobsAddress
 
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
+app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
+                  help="Submit jobs to Ray clusters, plan and render cluster configs.")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def submit(
     command: list[str] = typer.Argument(None, metavar="-- COMMAND...",
                                         help="What to run on the cluster, after `--`, e.g. -- omnilv train CONFIG"),
-    address: str | None = typer.Option(None, "--address", envvar="RAY_API_SERVER_ADDRESS",
-                                          help="Ray dashboard URL, e.g. http://127.0.0.1:8265"),
+    address: JobsAddress = None,
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Stream the logs and exit with the job's status."),
     working_dir: str | None = typer.Option(None, "--working-dir",
                                               help="Upload this folder as the job's cwd (e.g. . for configs/)."),
@@ -35,27 +32,29 @@ def submit(
 ) -> None:
     """Run an omnilv command on a Ray cluster through the Ray Jobs API and follow it.
 
-    Example: omnilv cluster submit --address http://127.0.0.1:8265 --working-dir . -- omnilv train
-    configs/train/stage1_512.yaml. Exit code: 0 when the job succeeded, the job's own exit code (or 1) when it
-    failed, 2 when it was stopped. Ctrl-C stops following; the job keeps running.
+    The exit code is 0 when the job succeeded, the job's own exit code (or 1) when it failed, and 2 when it was
+    stopped. Ctrl-C stops following; the job keeps running.
+
+    Example:
+
+    ```
+    omnilv cluster submit --address http://127.0.0.1:8265 --working-dir . -- omnilv train stage1_512
+    ```
     """
     from cluster import submit as sub
 
-    try:
-        req = sub.SubmitRequest(address=address or "", command=list(command or []), working_dir=working_dir,
-                                env=sub.parse_env(env), pass_aws_env=aws_env, entrypoint_num_cpus=entrypoint_cpus)
-        client, job_id = sub.submit(req, echo=typer.echo)
-    except sub.SubmitError as e:
-        _fail(str(e))
+    req = sub.SubmitRequest(address=address or "", command=list(command or []), working_dir=working_dir,
+                            env=sub.parse_env(env), pass_aws_env=aws_env, entrypoint_num_cpus=entrypoint_cpus)
+    client, job_id = sub.submit(req, echo=typer.echo)
     base = sub.normalize_address(address)
     if not wait:
-        typer.echo(f"follow it: ray job logs --address {base} --follow {job_id}")
+        typer.echo("follow it: " + sub.ray_cli_hint(client, f"ray job logs --address {base} --follow {job_id}"))
         raise typer.Exit(0)
     try:
         result = sub.follow(client, job_id, write=lambda s: (sys.stdout.write(s), sys.stdout.flush()))
     except KeyboardInterrupt:
         typer.echo(f"\nstopped following {job_id}; it is still running. Stop it with: "
-                   f"ray job stop --address {base} {job_id}", err=True)
+                   + sub.ray_cli_hint(client, f"ray job stop --address {base} {job_id}"), err=True)
         raise typer.Exit(130) from None
     color = typer.colors.GREEN if result.exit_code == 0 else typer.colors.RED
     typer.secho(f"job {job_id} {result.status} (exit code {result.exit_code})", fg=color, err=True)
@@ -91,18 +90,15 @@ def plan(
     """
     from cluster import plan as pl
 
-    try:
-        inputs = pl.PlanInputs(pairs=pl.parse_count(pairs), resolution=resolution, nodes=nodes,
-                               gpus_per_node=gpus_per_node, cpus_per_node=cpus_per_node, cpu_nodes=cpu_nodes,
-                               cpus_per_cpu_node=cpus_per_cpu_node, samples_per_shard=samples_per_shard,
-                               part_mb=part_mb, steps=pl.parse_steps(steps), global_batch=global_batch,
-                               peak_tflops=peak_tflops, mfu=mfu)
-        if min(resolution, samples_per_shard, global_batch, cpus_per_node) < 1 or part_mb <= 0 or not 0 < mfu <= 1:
-            raise pl.PlanError("--resolution, --samples-per-shard, --global-batch, --cpus-per-node and --part-mb "
-                               "must be positive and --mfu in (0, 1]")
-        result = pl.make_plan(inputs, bench_dir)
-    except pl.PlanError as e:
-        _fail(str(e))
+    inputs = pl.PlanInputs(pairs=pl.parse_count(pairs), resolution=resolution, nodes=nodes,
+                           gpus_per_node=gpus_per_node, cpus_per_node=cpus_per_node, cpu_nodes=cpu_nodes,
+                           cpus_per_cpu_node=cpus_per_cpu_node, samples_per_shard=samples_per_shard,
+                           part_mb=part_mb, steps=pl.parse_steps(steps), global_batch=global_batch,
+                           peak_tflops=peak_tflops, mfu=mfu)
+    if min(resolution, samples_per_shard, global_batch, cpus_per_node) < 1 or part_mb <= 0 or not 0 < mfu <= 1:
+        raise pl.PlanError("--resolution, --samples-per-shard, --global-batch, --cpus-per-node and --part-mb "
+                           "must be positive and --mfu in (0, 1]")
+    result = pl.make_plan(inputs, bench_dir)
     if as_json:
         typer.echo(result.to_json())
     else:
@@ -140,14 +136,11 @@ def render(
                             s3_prefix=s3_prefix, storage_path=storage_path, region=region, instance_type=instance_type,
                             instance_profile=instance_profile, project_id=project_id, cluster_name=name)
     if job not in rd.JOBS:
-        _fail(f"--job {job!r}: choose one of {', '.join(rd.JOBS)}")
-    try:
-        doc = rd.render(target, opts, job)
-    except rd.RenderError as e:
-        _fail(str(e))
+        raise rd.RenderError(f"--job {job!r}: choose one of {', '.join(rd.JOBS)}")
+    doc = rd.render(target, opts, job)
     errors = validate_kuberay(doc) if target == "kuberay" else validate_launcher(doc)
     if errors:
-        _fail("the rendered config is invalid:\n  " + "\n  ".join(errors))
+        raise rd.RenderError("the rendered config is invalid:\n  " + "\n  ".join(errors))
     cmd = f"omnilv cluster render {target} --nodes {nodes} --gpus-per-node {gpus_per_node} --cpu-workers {cpu_workers}"
     text = rd.dump(doc, cmd + (f" --job {job}" if target == "kuberay" else ""))
     if out is None:

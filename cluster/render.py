@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from omnilv.errors import OmniLVError
+
 TEMPLATES = Path(__file__).with_name("templates")
 AWS_A100 = {8: "p4d.24xlarge"}  # p4de.24xlarge (80 GB A100) via --instance-type
 GCP_A100 = {1: "a2-highgpu-1g", 2: "a2-highgpu-2g", 4: "a2-highgpu-4g", 8: "a2-highgpu-8g", 16: "a2-megagpu-16g"}
@@ -25,7 +27,7 @@ JOBS = ("raycluster", "corpus-build", "stage1", "stage2", "stage3")
 TRAIN_CONFIGS = {"stage1": "stage1_512.yaml", "stage2": "stage2_incontext.yaml", "stage3": "stage3_1024.yaml"}
 
 
-class RenderError(Exception):
+class RenderError(OmniLVError):
     """A size/option that has no valid config; message says which flag to change."""
 
 

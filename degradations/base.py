@@ -37,13 +37,15 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from omnilv.errors import OmniLVError
+
 Domain = Literal["restoration", "enhancement", "dense", "stylization"]
 DOMAINS: tuple[str, ...] = ("restoration", "enhancement", "dense", "stylization")
 #: Domains whose sample is ``input = apply(clean), target = clean``; the others invert it.
 DEGRADING_DOMAINS: frozenset[str] = frozenset({"restoration", "enhancement"})
 
 
-class PluginError(ValueError):
+class PluginError(OmniLVError, ValueError):
     """A plugin is declared or called wrongly; the message names the plugin and field."""
 
 

@@ -7,14 +7,8 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, help="The degradation / task plugin library: list, preview, check.")
-
-
-def _fail(message: str) -> None:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(2)
+app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
+                  help="The degradation / task plugin library: list, preview, check.")
 
 
 def _describe(name: str) -> dict:
@@ -40,12 +34,8 @@ def list_plugins(
     `omnilv.chains` and are listed at the end.
     """
     from degradations import registry
-    from degradations.base import PluginError
 
-    try:
-        rows = [_describe(n) for n in registry.names()]
-    except PluginError as exc:
-        _fail(str(exc))
+    rows = [_describe(n) for n in registry.names()]
     if domain:
         rows = [r for r in rows if r["domain"] == domain]
     chains = registry.names(registry.CHAIN_GROUP)
@@ -81,26 +71,20 @@ def preview(
     Under each draw: the instruction and the sampled params. This is what a plugin author looks at to see
     that a plugin does what its name says across its ranges.
     """
+    import numpy as np
     from rich.progress import track
 
     from degradations import registry
-    from degradations.base import PluginError
     from degradations.preview import contact_sheet, save_sheet
     from degradations.samples import default_image, load_rgb
 
-    try:
-        img = load_rgb(image) if image else default_image()
-        known = set(registry.names()) | set(registry.names(registry.CHAIN_GROUP))
-        for n in names:
-            if n not in known:
-                registry.get(n)  # raises with close-match suggestions
-        parts = [contact_sheet([n], img, draws=draws, seed=seed, cell=cell)
-                 for n in track(names, description="rendering")]
-        import numpy as np
-
-        path = save_sheet(np.concatenate(parts, axis=0), out)
-    except (PluginError, ValueError, OSError) as exc:
-        _fail(str(exc))
+    img = load_rgb(image) if image else default_image()
+    known = set(registry.names()) | set(registry.names(registry.CHAIN_GROUP))
+    for n in names:
+        if n not in known:
+            registry.get(n)  # raises with close-match suggestions
+    parts = [contact_sheet([n], img, draws=draws, seed=seed, cell=cell) for n in track(names, description="rendering")]
+    path = save_sheet(np.concatenate(parts, axis=0), out)
     typer.echo(f"wrote {path} ({len(names)} rows x {draws + 1} columns)")
 
 
@@ -113,10 +97,10 @@ def check(
 ) -> None:
     """Run the plugin contract on plugins and print a pass/fail table; exit code 1 when any check fails.
 
-    Checks: instantiable with defaults; declares ranges/choices (or parameterless = True); >= 3 instruction
-    templates that render; params survive JSON; deterministic; apply ignores instance ranges; output is
-    (H, W, 3) float32 in [0, 1] and the input is untouched; every range extreme and choice; no global RNG;
-    a small odd-sized image.
+    The checks: instantiable with defaults; declares ranges/choices (or parameterless = True); at least 3
+    instruction templates that render; params survive JSON; deterministic; apply ignores instance ranges; output
+    is (H, W, 3) float32 in [0, 1] and the input is untouched; every range extreme and choice; no global RNG; a
+    small odd-sized image.
     """
     from rich.console import Console
     from rich.table import Table

@@ -9,17 +9,12 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, help=(
+from omnilv.options import Overrides, RayAddress
+
+app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help=(
     "Build, inspect, preview and regenerate WebDataset corpora of (input, target, instruction) samples.\n\n"
-    "Start with `omnilv corpus build` (the embedded quickstart: bundled photos, local disk), then\n"
+    "Start with `omnilv corpus build` (the embedded quickstart: bundled photos, local disk), then "
     "`omnilv corpus inspect corpus/quickstart`."))
-
-SET_HELP = "Override a config field, e.g. --set geometry.crop_size=128 --set output.path=s3://bucket/corpus."
-
-
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 def _opts() -> dict:
@@ -30,37 +25,33 @@ def _opts() -> dict:
 
 @app.command()
 def build(
-    config: str = typer.Argument(None, help="Corpus YAML, or a bundled preset name (quickstart, omnilv_512, "
+    config: str = typer.Argument(None, help="A corpus config file or a preset name (quickstart, omnilv_512, "
                                             "production_40m). Default: the embedded quickstart."),
-    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    set_: Overrides = None,
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete a corpus built from another config and "
                                                               "rebuild (default: refuse)."),
-    address: str = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else a "
-                                                        "local Ray)."),
+    address: RayAddress = None,
     workers: int = typer.Option(None, "--workers", min=1, help="Shard tasks in flight (default: all CPUs)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Build (or resume) a corpus: one Ray task per shard, manifest written last.
 
-    Rerun the same command after a crash to resume: committed shards are skipped.
+    Rerun the same command after a crash to resume: committed shards are skipped, and the result is
+    byte-identical to an uninterrupted build, on any number of workers. report.json, report.html and
+    per-domain contact sheets land beside manifest.json.
 
-    The result is byte-identical to an uninterrupted build, on any number of workers.
+    Examples:
 
-    report.json, report.html and per-domain contact sheets land beside manifest.json.
+    ```
+    omnilv corpus build
+    omnilv corpus build omnilv_512 --set geometry.crop_size=128 --set output.path=s3://bucket/corpus
+    ```
     """
-    from pipelines.build import BuildError, build_corpus
-    from pipelines.config import ConfigError, load_corpus_config
-    from pipelines.schema import SchemaError
+    from pipelines.build import build_corpus
+    from pipelines.config import load_corpus_config
 
-    try:
-        cfg = load_corpus_config(config, set_)
-        res = build_corpus(cfg, overwrite=overwrite, progress=not quiet, address=address, workers=workers)
-    except (ConfigError, BuildError, SchemaError, OSError) as exc:
-        _fail(str(exc))
-    except Exception as exc:
-        if not type(exc).__module__.startswith(("botocore", "aiobotocore", "s3fs")):
-            raise
-        _fail(f"S3: {type(exc).__name__}: {exc} (check AWS_* credentials, s3.endpoint_url and the bucket name)")
+    cfg = load_corpus_config(config, set_ or [])
+    res = build_corpus(cfg, overwrite=overwrite, progress=not quiet, address=address, workers=workers)
     m = res.manifest
     typer.echo(f"{m.samples} samples in {len(m.shards)} shards at {res.root} "
                f"({res.built} built, {res.skipped} resumed, {res.seconds:.1f} s)")
@@ -72,20 +63,14 @@ def build(
 
 @app.command()
 def inspect(path: str = typer.Argument(..., help="Corpus folder or s3:// prefix (holding manifest.json).")) -> None:
-    """Verify every shard the manifest lists (sha256, bytes, sample counts) and print a summary.
-
-    Exits 1 when anything does not match.
-    """
+    """Verify every shard the manifest lists (sha256, bytes, sample counts) and print a summary; exit 1 when
+    anything does not match."""
     from rich.console import Console
     from rich.table import Table
 
     from pipelines.inspect import inspect_corpus
-    from pipelines.schema import SchemaError
 
-    try:
-        res = inspect_corpus(path, _opts())
-    except SchemaError as exc:
-        _fail(str(exc))
+    res = inspect_corpus(path, _opts())
     m = res.manifest
     typer.echo(f"{path}: {res.samples} samples, {len(m.shards)} shards, {res.bytes:,} bytes")
     table = Table()
@@ -121,12 +106,8 @@ def preview(
 
     from pipelines.read import iter_samples
     from pipelines.report import contact_sheet, encode_sheet
-    from pipelines.schema import SchemaError
 
-    try:
-        samples = list(islice(iter_samples(path, storage_options=_opts()), rows))
-    except SchemaError as exc:
-        _fail(str(exc))
+    samples = list(islice(iter_samples(path, storage_options=_opts()), rows))
     out.write_bytes(encode_sheet(contact_sheet(samples)))
     typer.echo(f"wrote {out} ({len(samples)} samples)")
 
@@ -137,13 +118,9 @@ def regenerate(
     key: str = typer.Argument(..., help="Sample key (the part of a member name before the first dot)."),
 ) -> None:
     """Rebuild one sample from its json record and confirm it matches the stored images (exit 1 if not)."""
-    from pipelines.regenerate import regenerate as regen
-    from pipelines.schema import SchemaError
+    from pipelines.regenerate import regenerate as regenerate_sample
 
-    try:
-        res = regen(path, key, _opts())
-    except (SchemaError, OSError, KeyError, ValueError) as exc:  # ValueError: a plugin version changed
-        _fail(str(exc))
+    res = regenerate_sample(path, key, _opts())
     for member, same in res.checks.items():
         typer.echo(f"{key}.{member}: {'identical' if same else 'DIFFERENT'}")
     if not res.ok:

@@ -1,4 +1,4 @@
-"""`omnilv degradations list / preview / check` (the typer app mounted as `omnilv degradations`)."""
+"""`omnilv degradations list / preview / check`, run through the root app (where errors become messages)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from degradations import registry
 from degradations.base import Degradation, limits
-from degradations.cli import app
+from omnilv.cli import app
 
 runner = CliRunner()
 
@@ -32,7 +32,7 @@ class LeaksRanges(Degradation):
 
 
 def test_list_json_has_every_plugin_with_its_ranges():
-    result = runner.invoke(app, ["list", "--json"])
+    result = runner.invoke(app, ["degradations", "list", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     by_name = {p["name"]: p for p in data["plugins"]}
@@ -43,7 +43,7 @@ def test_list_json_has_every_plugin_with_its_ranges():
 
 
 def test_list_table_filters_by_domain():
-    result = runner.invoke(app, ["list", "--domain", "dense"])
+    result = runner.invoke(app, ["degradations", "list", "--domain", "dense"])
     assert result.exit_code == 0 and "canny" in result.output and "gaussian_noise" not in result.output
 
 
@@ -51,29 +51,29 @@ def test_preview_writes_a_labelled_sheet(tmp_path, small_image):
     src = tmp_path / "clean.png"
     cv2.imwrite(str(src), cv2.cvtColor((small_image * 255).astype(np.uint8), cv2.COLOR_RGB2BGR))
     out = tmp_path / "sheet.png"
-    result = runner.invoke(app, ["preview", "gaussian_noise", "canny", "realesrgan", "--image", str(src),
-                                 "--out", str(out), "--draws", "2", "--cell", "96"])
+    result = runner.invoke(app, ["degradations", "preview", "gaussian_noise", "canny", "realesrgan",
+                                 "--image", str(src), "--out", str(out), "--draws", "2", "--cell", "96"])
     assert result.exit_code == 0, result.output
     sheet = cv2.imread(str(out))
     assert sheet.shape[1] == 3 * (96 + 4)  # clean + 2 draws
     assert sheet.shape[0] > 3 * 96
     again = tmp_path / "again.png"
-    runner.invoke(app, ["preview", "gaussian_noise", "canny", "realesrgan", "--image", str(src),
+    runner.invoke(app, ["degradations", "preview", "gaussian_noise", "canny", "realesrgan", "--image", str(src),
                         "--out", str(again), "--draws", "2", "--cell", "96"])
     assert np.array_equal(cv2.imread(str(again)), sheet)  # same seed, same sheet
 
 
 def test_preview_unknown_name_is_a_clear_error(tmp_path):
-    result = runner.invoke(app, ["preview", "gausian_noise", "--out", str(tmp_path / "x.png")])
+    result = runner.invoke(app, ["degradations", "preview", "gausian_noise", "--out", str(tmp_path / "x.png")])
     assert result.exit_code == 2 and "did you mean 'gaussian_noise'" in result.output
 
 
 def test_check_exits_1_and_names_the_failed_check():
-    result = runner.invoke(app, ["check", f"{__name__}:LeaksRanges"])
+    result = runner.invoke(app, ["degradations", "check", f"{__name__}:LeaksRanges"])
     assert result.exit_code == 1, result.output
     assert "apply ignores instance ranges" in result.output and "FAIL" in result.output
 
 
 def test_check_registered_name_passes():
-    result = runner.invoke(app, ["check", "jpeg", "--all"])
+    result = runner.invoke(app, ["degradations", "check", "jpeg", "--all"])
     assert result.exit_code == 0 and "10/10 checks pass" in result.output

@@ -228,7 +228,7 @@ def test_cli_help_teaches_and_errors_are_for_people(tiny_corpus, tmp_path):
 
     runner = CliRunner()
     res = runner.invoke(app, ["cache-latents", "--help"])
-    assert res.exit_code == 0 and "omnilv cache-latents configs/train/" in res.output and "data.latents" in res.output
+    assert res.exit_code == 0 and "omnilv cache-latents tiny_stage1" in res.output and "data.latents" in res.output
     res = runner.invoke(app, ["cache-latents", "configs/train/tiny_stage1.yaml", "--set",
                               f"data.corpus={tmp_path / 'nowhere'}", "--out", str(tmp_path / "c")])
     assert res.exit_code == 2 and "no manifest" in res.output and "Traceback" not in res.output
