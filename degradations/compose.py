@@ -221,7 +221,7 @@ def replay(record: dict[str, Any], clean: np.ndarray, ann: Annotations | None = 
     for step in (Step.from_json(s) for s in record["steps"]):
         plugin = registry.get(step.name)()
         if plugin.version != step.version:
-            raise ValueError(f"step {step.name!r} was recorded by version {step.version} of the plugin, but version "
+            raise PluginError(f"step {step.name!r} was recorded by version {step.version} of the plugin, but version "
                              f"{plugin.version} is installed and draws other pixels from the same seed; install the "
                              "omnilv release that built the corpus to regenerate it")
         kw = {"ann": ann} if plugin.requires else {}

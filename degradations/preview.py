@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from degradations.base import DEGRADING_DOMAINS
+from degradations.base import DEGRADING_DOMAINS, PluginError
 from degradations.compose import Synthesis, synthesize, task_for
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -77,5 +77,5 @@ def save_sheet(sheet: np.ndarray, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"{path}: could not write the contact sheet (is the extension .png or .jpg?)")
+        raise PluginError(f"{path}: could not write the contact sheet (is the extension .png or .jpg?)")
     return path

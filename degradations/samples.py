@@ -11,6 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from degradations.base import PluginError
+
 #: File names inside ``skimage/data`` that are real photographs.
 PHOTOS: tuple[str, ...] = (
     "astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "coffee.png", "coins.png",
@@ -37,7 +39,7 @@ def load_rgb(path: str | Path) -> np.ndarray:
     """A local image file -> float32 RGB in [0, 1] (the plugin boundary convention)."""
     arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if arr is None:
-        raise ValueError(f"{path}: not a readable image")
+        raise PluginError(f"{path}: not a readable image")
     return bgr_to_rgb01(arr)
 
 

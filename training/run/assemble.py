@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from pipelines import exists, join
+from pipelines import ConfigError, exists, join
 from training.config import TrainConfig
 from training.model import FlowMatching, ImageCodec, OmniLV, TextEncoder, load_network
 
@@ -49,5 +49,5 @@ def init_weights(net: Any, path: str) -> None:
     state = load_network(folder).state_dict()
     missing, unexpected = net.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if not k.startswith("prompt.")]:
-        raise ValueError(f"stage.init_from {path}: weights do not fit this model "
+        raise ConfigError(f"stage.init_from {path}: weights do not fit this model "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]}); same preset/overrides?")
