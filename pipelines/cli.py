@@ -126,3 +126,62 @@ def regenerate(
     if not res.ok:
         raise typer.Exit(1)
     typer.echo(f"{key} (in {res.shard}) regenerates exactly from its json record")
+
+
+@app.command("ls")
+def list_command(
+    path: str = typer.Argument(..., help="Corpus folder or s3:// prefix."),
+    task: str = typer.Option(None, "--task", help="Only samples of this task."),
+    limit: int = typer.Option(50, "--limit", min=0, help="Show at most this many (0: all)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line instead of a table."),
+) -> None:
+    """List the samples of a corpus: key, task, domain, whether it has an exemplar pair, and its shard.
+
+    A key is what `omnilv corpus regenerate` and `omnilv corpus sample` take.
+    """
+    import json
+    from dataclasses import asdict
+    from itertools import islice
+
+    from pipelines.listing import list_samples
+
+    entries = (e for e in list_samples(path, _opts()) if task is None or e.task == task)
+    shown = list(islice(entries, limit or None))
+    if as_json:
+        for e in shown:
+            typer.echo(json.dumps(asdict(e), sort_keys=True))
+        return
+    rows = [("key", "task", "domain", "exemplar", "shard", "instruction")]
+    rows += [(e.key, e.task, e.domain, "yes" if e.exemplar else "-", e.shard, e.instruction) for e in shown]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]  # whole keys and names, whatever the terminal
+    for r in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
+    if limit and len(shown) == limit:
+        typer.echo(f"(first {limit}; --limit 0 lists all)")
+
+
+@app.command()
+def sample(
+    path: str = typer.Argument(..., help="Corpus folder or s3:// prefix."),
+    key: str = typer.Argument(..., help="Sample key (see `omnilv corpus ls`)."),
+    out: Path = typer.Option(Path("sample"), "--out", help="Folder to write the sample's files into."),
+) -> None:
+    """Write one sample's stored members as files: input.png, target.png, instruction.txt, sample.json (and the
+    exemplar pair), e.g. to look at them or to try `omnilv restore` on the input.
+    """
+    from pipelines.listing import write_sample
+    from pipelines.schema import INPUT, TXT
+
+    written = write_sample(path, key, out, _opts())
+    for p in written.values():
+        typer.echo(f"wrote {p}")
+    instruction = written[TXT].read_text(encoding="utf-8") if TXT in written else "…"
+    typer.echo(f"try: omnilv restore --checkpoint EXPORT --instruction {json_quote(instruction)} "
+               f"{written[INPUT]} restored.png")
+
+
+def json_quote(text: str) -> str:
+    """``text`` quoted for a POSIX shell."""
+    import shlex
+
+    return shlex.quote(text)
