@@ -46,14 +46,21 @@ def list_plugins(
     from rich.table import Table
 
     table = Table(title=f"{len(rows)} plugins")
-    for col in ("name", "domain", "parameters", "source"):
+    for col in ("name", "domain"):
+        table.add_column(col, no_wrap=True)  # a name is what the user types: never cut or folded
+    for col in ("parameters", "source"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        params = "\n".join(f"{k} = {tuple(v)}" for k, v in r["params"].items()) or "(parameterless)"
-        table.add_row(r["name"], r["domain"], params, r["source"])
-    console = Console()
+        params = "\n".join(f"{k} = ({', '.join(_short(x) for x in v)})" for k, v in r["params"].items())
+        table.add_row(r["name"], r["domain"], params or "(parameterless)", r["source"])
+    console = Console(width=max(Console().width, 120))  # piped output gets 120 columns, not rich's 80
     console.print(table)
     console.print(f"chain presets: {', '.join(chains) or '(none)'}")
+
+
+def _short(value: object) -> str:
+    """A range bound as a person reads it: 4 significant digits for floats."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 @app.command()
