@@ -1,12 +1,19 @@
-"""Benchmark of `omnilv corpus build` against a bare floor and a naive BasicSR-style peer, in one run.
+"""Benchmark of `omnilv corpus build` against a bare floor and a BasicSR-style peer, in one run.
 
-    python bench/corpus_build.py [--resolution 512] [--variants 1] [--peer-samples 38]
+    python bench/corpus_build.py [--resolution 512] [--variants 1]
 
-Same sources (the bundled photos, short side resized to the resolution), same cores:
-  builder  build_corpus with the Real-ESRGAN second-order chain (10x the base sample count)
+Same sources (the bundled photos, short side resized to the resolution), same cores, same sample count:
+  builder  build_corpus with the Real-ESRGAN second-order chain (10x the base sample count) on a warm Ray
   floor    decode + crop + the same lossless PNG encodes + tar append, no degradation (process pool)
-  peer     a faithful BasicSR-style Real-ESRGAN degradation (global np.random) in a torch DataLoader
-           feeding webdataset's ShardWriter (BasicSR itself does not import here)
+  peer     what a capable user of BasicSR-style code, torch and webdataset would write: a faithful BasicSR-style
+           Real-ESRGAN degradation (global np.random) in a torch Dataset that also encodes its PNGs with OpenCV
+           at the builder's level, a DataLoader with one worker per core (OpenCV one thread each), each worker
+           keeping its last few decoded sources, feeding webdataset's ShardWriter (which then only writes
+           bytes); its workers are started and warmed by an untimed epoch first, as the builder runs on a warm
+           Ray after an untimed 1x build. Floor and peer each run just before and just after the builder,
+           averaged. BasicSR itself does not import here.
+  degradation only  the Real-ESRGAN chain alone, ours (``synthesize``, as the builder calls it) vs the peer's,
+           on the same crops, one core, process CPU time, calls interleaved: the design-only comparison.
   RSS      peak RSS of the whole process tree (driver + Ray) at 1x and 10x the sample count
 Writes bench/results/corpus_build.json (the cluster planner reads its per-core figures).
 """
@@ -154,13 +161,23 @@ def _kernel(sigma_max: float) -> np.ndarray:
 
 
 def _noise(img: np.ndarray, sigma_max: float, poisson_max: float) -> np.ndarray:
+    """BasicSR's random_add_gaussian_noise / random_add_poisson_noise (gray_prob 0.4) as written there: float32
+    noise, and grey Poisson noise drawn on one channel (basicsr/data/degradations.py)."""
+    import cv2
+
     gray = np.random.uniform() < 0.4
     if np.random.uniform() < 0.5:
-        noise = np.random.randn(*img.shape[:2], 1 if gray else 3) * np.random.uniform(1, sigma_max) / 255
-        return np.clip(img + noise, 0, 1).astype(np.float32)
-    vals = 2 ** np.ceil(np.log2(len(np.unique(np.rint(img * 255)))))
-    noisy = np.random.poisson(np.clip(img, 0, 1) * vals) / vals
-    return np.clip(img + (noisy - img) * np.random.uniform(0.05, poisson_max), 0, 1).astype(np.float32)
+        sigma = np.random.uniform(1, sigma_max)
+        noise = np.float32(np.random.randn(*(img.shape[:2] if gray else img.shape))) * sigma / 255.0
+    else:
+        scale = np.random.uniform(0.05, poisson_max)
+        src = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY) if gray else img
+        src = np.clip((src * 255.0).round(), 0, 255) / 255.0
+        vals = 2 ** np.ceil(np.log2(len(np.unique(src))))
+        noise = (np.float32(np.random.poisson(src * vals) / float(vals)) - src) * scale
+    if gray:
+        noise = np.repeat(noise[:, :, np.newaxis], 3, axis=2)
+    return np.clip(img + noise, 0, 1)
 
 
 def _resize(img: np.ndarray, up: float, down: float) -> np.ndarray:
@@ -201,35 +218,61 @@ def basicsr_degrade(gt: np.ndarray) -> np.ndarray:
 
 
 class PeerDataset:
-    """A BasicSR-style paired dataset: read, resize, random crop and degrade per item, global np.random."""
+    """A BasicSR-style paired dataset: read, resize, random crop and degrade per item, global np.random; the
+    PNG encodes are done here, in the workers, with OpenCV at ``png_level`` (the builder's encoder and level)."""
 
-    def __init__(self, items: list[tuple[str, int]], resolution: int) -> None:
-        self.items, self.res = items, resolution
+    def __init__(self, items: list[tuple[str, int]], resolution: int, png_level: int) -> None:
+        self.items, self.res, self.level = items, resolution, png_level
+        self._decoded: dict[str, np.ndarray] = {}  # per worker: the last few sources (variants come in runs)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> dict:
+    def _source(self, uri: str) -> np.ndarray:
         import cv2
 
         from degradations.samples import data_dir
 
+        if uri not in self._decoded:
+            img = cv2.imread(str(data_dir() / uri.removeprefix("samples://")), cv2.IMREAD_COLOR)
+            s = self.res / min(img.shape[:2])
+            size = (max(self.res, round(img.shape[1] * s)), max(self.res, round(img.shape[0] * s)))
+            img = cv2.resize(img, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
+            self._decoded[uri] = np.clip(img.astype(np.float32) / 255, 0, 1)
+            while len(self._decoded) > 4:
+                self._decoded.pop(next(iter(self._decoded)))
+        return self._decoded[uri]
+
+    def __getitem__(self, i: int) -> dict:
+        import cv2
+
         uri, variant = self.items[i]
-        img = cv2.imread(str(data_dir() / uri.removeprefix("samples://")), cv2.IMREAD_COLOR)
-        s = self.res / min(img.shape[:2])
-        img = cv2.resize(img, (max(self.res, round(img.shape[1] * s)), max(self.res, round(img.shape[0] * s))),
-                         interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+        img = self._source(uri)
         top = np.random.randint(0, img.shape[0] - self.res + 1)
         left = np.random.randint(0, img.shape[1] - self.res + 1)
         gt = img[top:top + self.res, left:left + self.res]
         lq = basicsr_degrade(gt)
-        to8 = lambda x: np.clip(x[..., ::-1] * 255, 0, 255).round().astype(np.uint8)  # noqa: E731
-        return {"__key__": f"s{i:06d}", "input.png": to8(lq), "target.png": to8(gt),
+
+        def png(x: np.ndarray) -> bytes:
+            u8 = np.clip(x * 255, 0, 255).round().astype(np.uint8)  # BGR already: OpenCV's order
+            return cv2.imencode(".png", u8, [cv2.IMWRITE_PNG_COMPRESSION, self.level])[1].tobytes()
+
+        return {"__key__": f"s{i:06d}", "input.png": png(lq), "target.png": png(gt),
                 "txt": "Restore this image.", "json": {"source": uri, "variant": variant}}
 
 
-def run_peer(cfg: CorpusConfig, workers: int, out: Path, n: int) -> tuple[float, str]:
-    """Samples/s of the peer: a torch DataLoader feeding webdataset's ShardWriter (which encodes the PNGs)."""
+def _one_thread(_: int) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # the builder's workers run OpenCV on one thread each, too
+
+
+PEER = ("BasicSR-style numpy port (global np.random) in a torch Dataset encoding PNGs with OpenCV at the builder's "
+        "level; DataLoader, workers = cores, warmed by an untimed epoch -> webdataset.ShardWriter")
+
+
+def run_peer(cfg: CorpusConfig, workers: int, out: Path) -> tuple[float, str]:
+    """Samples/s of the peer over the same samples as the builder, its DataLoader workers already warm."""
     import torch
     import webdataset as wds
 
@@ -238,26 +281,77 @@ def run_peer(cfg: CorpusConfig, workers: int, out: Path, n: int) -> tuple[float,
     try:
         import basicsr  # noqa: F401
 
-        kind = "basicsr installed, but its Real-ESRGAN chain is GPU-only; BasicSR-style numpy port used"
+        kind = "basicsr installed, but its Real-ESRGAN chain is GPU-only; " + PEER
     except ImportError:
-        kind = "BasicSR-style numpy port (global np.random), torch DataLoader -> webdataset.ShardWriter"
-    items = [(u, v) for u in list_sources(cfg) for v in range(cfg.variants_per_source)][:n]
+        kind = PEER
+    items = [(u, v) for u in list_sources(cfg) for v in range(cfg.variants_per_source)]
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
+    # The sampler is a list set per epoch: the persistent workers are started and warmed (imports, a first
+    # call each) by an untimed epoch of one item per worker, then the timed epoch runs every item.
+    order = list(range(min(workers, len(items))))
+    loader = torch.utils.data.DataLoader(PeerDataset(items, cfg.geometry.crop_size, cfg.output.png_level),
+                                         batch_size=None, sampler=order, num_workers=workers,
+                                         persistent_workers=True, worker_init_fn=_one_thread)
+    for _ in loader:
+        pass
+    order[:] = range(len(items))
     t0 = time.perf_counter()
-    loader = torch.utils.data.DataLoader(PeerDataset(items, cfg.geometry.crop_size), batch_size=None,
-                                         num_workers=workers, collate_fn=lambda x: x)
     with wds.ShardWriter(str(out / "peer-%06d.tar"), maxcount=cfg.output.samples_per_shard, verbose=0) as sink:
         for sample in loader:
             sink.write(sample)
-    return len(items) / (time.perf_counter() - t0), kind
+    rate = len(items) / (time.perf_counter() - t0)
+    del loader  # stops the persistent workers
+    return rate, kind
+
+
+# -- degradation only: the two chains on the same crops, one core ---------------------------------------
+def _degradation_only(args: tuple) -> dict:
+    """ms per sample of our chain (``synthesize``, as the builder calls it) and the peer's, same crops."""
+    import cv2
+
+    from degradations.compose import synthesize
+    from pipelines.sources import fetch, list_sources
+    from pipelines.synth import crop_box, cut, decode_image, get_task, sample_rng
+
+    cfg_data, core = args
+    os.sched_setaffinity(0, {core})
+    cv2.setNumThreads(1)
+    cfg = CorpusConfig.model_validate(cfg_data)
+    task = get_task("realesrgan")
+    np.random.seed(0)
+    warm = np.random.default_rng(1).random((cfg.geometry.crop_size,) * 2 + (3,), dtype=np.float32)
+    for i in range(8):  # untimed: lazy imports, compiled kernels, tables, several branches of each chain
+        synthesize(task, warm, np.random.default_rng(i))
+        basicsr_degrade(warm)
+    ours = peer = 0.0
+    n = 0
+    for uri in list_sources(cfg):
+        img, _ = decode_image(fetch(uri), cfg.geometry)
+        for v in range(cfg.variants_per_source):
+            rng = sample_rng(cfg.output.seed, uri, v, "sample")  # what the builder's make_part draws from
+            crop = cut(img, crop_box(img.shape, cfg.geometry, rng))
+            bgr = np.ascontiguousarray(crop[..., ::-1])  # the peer's convention, made outside the timing
+            t0 = time.process_time()
+            synthesize(task, crop, rng)
+            t1 = time.process_time()
+            basicsr_degrade(bgr)
+            t2 = time.process_time()
+            ours, peer, n = ours + t1 - t0, peer + t2 - t1, n + 1
+    return {"ours_ms": round(1e3 * ours / n, 2), "peer_ms": round(1e3 * peer / n, 2), "samples": n,
+            "ratio": round(peer / ours, 3), "clock": "process CPU time, one core, one OpenCV thread"}
+
+
+def run_degradation_only(cfg: CorpusConfig) -> dict:
+    core = sorted(os.sched_getaffinity(0))[-1]
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_degradation_only, ((cfg.model_dump(mode="json"), core),))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--resolution", type=int, default=512)
     ap.add_argument("--variants", type=int, default=1, help="variants per source at 1x (10x uses ten times)")
-    ap.add_argument("--peer-samples", type=int, default=38)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "corpus_build.json"))
     args = ap.parse_args()
     cores = len(os.sched_getaffinity(0))
@@ -274,12 +368,15 @@ def main() -> None:
         tmp = Path(tmp)
         cfg1, cfg10 = (config(tmp / f"b{k}", args.resolution, args.variants * k) for k in (1, 10))
         _, rss1, _ = run_builder(cfg1, cores)
-        # The floor runs just before and just after the builder and is averaged: on a shared machine the
-        # load changes by the minute, and bracketing keeps the ratio about the code, not the neighbours.
+        # The floor and the peer run just before and just after the builder and are averaged: on a shared
+        # machine the load changes by the minute, and bracketing keeps the ratios about the code, not the
+        # neighbours.
         floor_before = run_floor(cfg10, cores, tmp / "floor_a")
+        peer_before, peer_kind = run_peer(cfg10, cores, tmp / "peer_a")
         rate, rss10, res = run_builder(cfg10, cores)
+        peer = (peer_before + run_peer(cfg10, cores, tmp / "peer_b")[0]) / 2
         floor = (floor_before + run_floor(cfg10, cores, tmp / "floor_b")) / 2
-        peer, peer_kind = run_peer(cfg10, cores, tmp / "peer", args.peer_samples)
+        degr = run_degradation_only(cfg10)
         n_bytes = sum(s.bytes for s in res.manifest.shards)
     # Per core: samples per second of shard-task time (one core each), i.e. what each added core contributes;
     # samples_per_s is the whole build call (listing, tasks, manifest, report) on the warm Ray.
@@ -291,9 +388,12 @@ def main() -> None:
         "floor_samples_per_s": round(floor, 3),
         # the 1-minute load average around the run: on a shared machine, figures scale with it
         "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        "peer_samples_per_s": round(peer, 3), "peer": peer_kind,
+        "peer_samples_per_s": round(peer, 3), "peer": peer_kind, "peer_samples": res.manifest.samples,
+        # Both sides warm, same samples, same PNG encoder and level, same cores: vs_peer is the whole build;
+        # vs_peer_degradation_only is the chain alone on one core (design without I/O or encoding).
+        "degradation_only": degr,
         "ratios": {"vs_floor": round(rate / floor, 3), "vs_peer": round(rate / peer, 3),
-                   "rss_10x_over_1x": round(rss10 / rss1, 3)},
+                   "vs_peer_degradation_only": degr["ratio"], "rss_10x_over_1x": round(rss10 / rss1, 3)},
         "targets": {"vs_floor": 0.6, "vs_peer": 2.0, "rss_10x_over_1x": 1.2},
         "rss_mb": {"1x": round(rss1, 1), "10x": round(rss10, 1), "samples_1x": cfg1.variants_per_source * 19,
                    "samples_10x": res.manifest.samples},
@@ -305,7 +405,10 @@ def main() -> None:
           "samples/s per core in shard tasks "
           f"({cores} cores, {args.resolution}px, realesrgan, {n_bytes / res.manifest.samples / 1e6:.2f} MB/sample)")
     print(f"floor   {floor:.2f} samples/s   builder/floor = {r['vs_floor']:.2f}  (target >= 0.6)")
-    print(f"peer    {peer:.2f} samples/s   builder/peer  = {r['vs_peer']:.2f}  (target >= 2)  [{peer_kind}]")
+    print(f"peer    {peer:.2f} samples/s   builder/peer  = {r['vs_peer']:.2f}  (target >= 2; whole build, both warm, "
+          f"{res.manifest.samples} samples each)  [{peer_kind}]")
+    print(f"degradation only, one core: ours {degr['ours_ms']:.1f} ms, peer {degr['peer_ms']:.1f} ms per sample: "
+          f"peer/ours = {degr['ratio']:.2f}  ({degr['samples']} samples, same crops)")
     print(f"peak RSS {rss1:.0f} MB at 1x, {rss10:.0f} MB at 10x: ratio {r['rss_10x_over_1x']:.2f} (target <= 1.2)")
     print(f"wrote {args.out}")
 

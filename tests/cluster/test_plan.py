@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -16,72 +15,80 @@ DATA = Path(__file__).with_name("data")
 runner = CliRunner()
 
 
-def _bench(name: str) -> tuple[dict, dict]:
-    return (json.loads((DATA / name / "corpus_build.json").read_text()),
-            json.loads((DATA / name / "train_step.json").read_text()))
-
-
 def _plan(*args: str, bench: str = "bench") -> dict:
     r = runner.invoke(app, ["cluster", "plan", "--bench-dir", str(DATA / bench), "--json", *args])
     assert r.exit_code == 0, r.output
     return json.loads(r.output)
 
 
+# The expected figures below are worked out by hand from the fixture files (tests/cluster/data/) and the
+# flags, not by re-running the planner's formulas: each comment shows the arithmetic.
+# data/bench/corpus_build.json: 3.2 samples/s per core, 180,000 bytes per sample, measured at 256².
+# data/bench/train_step.json: 4.2e12 FLOPs per sample at 512², 1.8e13 at 1024², no GPU measurement.
+# data/bench_gpu/train_step.json: the same FLOPs, 40 samples/s of the 2B preset at 512² on an A100, MFU 0.538.
+
+
 def test_corpus_numbers_follow_from_the_corpus_bench():
-    corpus, _ = _bench("bench")
     p = _plan("--pairs", "40M", "--resolution", "512", "--nodes", "4", "--cpus-per-node", "96",
               "--cpu-nodes", "2", "--cpus-per-cpu-node", "64", "--samples-per-shard", "256")
     c = p["corpus"]
-    scale = (512 / corpus["resolution"]) ** 2
-    assert c["bytes_per_sample"] == pytest.approx(corpus["bytes_per_sample"] * scale)
-    assert c["storage_bytes"] == pytest.approx(40e6 * corpus["bytes_per_sample"] * scale)
-    assert c["shards"] == math.ceil(40e6 / 256)
-    core_hours = 40e6 / (corpus["samples_per_s_per_core"] / scale) / 3600
-    assert c["cpu_core_hours"] == pytest.approx(core_hours)
-    assert c["build_cores"] == 4 * 96 + 2 * 64
-    assert c["build_wall_hours"] == pytest.approx(core_hours / (4 * 96 + 2 * 64))
-    # S3 PUTs: each shard (256 × bytes/sample) in 50 MiB parts (+create/complete), plus one commit record.
-    parts = math.ceil(256 * corpus["bytes_per_sample"] * scale / (50 * 2**20))
-    shards_per_s = (corpus["samples_per_s_per_core"] / scale) * (4 * 96 + 2 * 64) / 256
-    assert p["s3"]["build_puts_per_s"] == pytest.approx(shards_per_s * ((parts + 2 if parts > 1 else 1) + 1))
+    assert c["pixel_scale"] == 4.0  # (512 / 256)² pixels
+    assert c["bytes_per_sample"] == pytest.approx(720_000)  # 180,000 B × 4
+    assert c["storage_bytes"] == pytest.approx(2.88e13)  # 40M × 720,000 B = 28.8 TB
+    assert c["samples_per_s_per_core"] == pytest.approx(0.8)  # 3.2 / 4
+    assert c["shards"] == 156_250  # 40,000,000 / 256, exactly
+    assert c["shard_bytes"] == pytest.approx(184_320_000)  # 256 × 720,000 B (175.8 MiB)
+    assert c["cpu_core_hours"] == pytest.approx(13_888.889, rel=1e-6)  # 40M / 0.8 = 5e7 core-s / 3600
+    assert c["build_cores"] == 512  # 4 × 96 + 2 × 64
+    assert c["build_wall_hours"] == pytest.approx(27.126736, rel=1e-6)  # 13,888.89 / 512
+    assert c["build_samples_per_s"] == pytest.approx(409.6)  # 0.8 × 512
+    s3 = p["s3"]
+    assert s3["parts_per_shard"] == 4  # 184.32 MB / 50 MiB (52,428,800 B) = 3.52 -> 4 parts
+    assert s3["puts_per_shard"] == 7  # multipart: create + 4 parts + complete, + 1 commit record
+    assert s3["build_shards_per_s"] == pytest.approx(1.6)  # 409.6 / 256
+    assert s3["build_puts_per_s"] == pytest.approx(11.2)  # 1.6 × 7
     assert p["sources"]["corpus_build"]["path"].endswith("bench/corpus_build.json")
-    assert p["sources"]["corpus_build"]["samples_per_s_per_core"] == corpus["samples_per_s_per_core"]
+    assert p["sources"]["corpus_build"]["samples_per_s_per_core"] == 3.2
+    # Parts are MiB: 290 × 720,000 B = 208.8 MB is 3.98 parts of 50 MiB (4), but 4.18 of 50 MB (5).
+    assert _plan("--samples-per-shard", "290")["s3"]["parts_per_shard"] == 4
 
 
 def test_gpu_hours_are_an_estimate_from_flops_when_no_gpu_was_measured():
-    _, train = _bench("bench")
-    assert train["gpu"] is None
     p = _plan("--steps", "100k,50k,10k", "--global-batch", "512", "--nodes", "2", "--peak-tflops", "312",
               "--mfu", "0.4")
-    flops = train["flops_per_sample"]
-    expected = {"stage1": 100_000 * 512 * flops["stage1_512"], "stage2": 50_000 * 512 * flops["stage1_512"],
-                "stage3": 10_000 * 512 * flops["stage3_1024"]}
-    for st in p["stages"]:
-        hours = expected[st["name"]] / (312e12 * 0.4) / 3600
-        assert st["gpu_hours"] == pytest.approx(hours)
-        assert st["wall_hours"] == pytest.approx(hours / 16)
-        assert st["method"].startswith("ESTIMATE")
+    # 2 nodes × 8 GPUs = 16 GPUs, each 312 TFLOP/s × 0.4 = 124.8 TFLOP/s.
+    s1, s2, s3 = p["stages"]
+    assert s1["gpu_s_per_sample"] == pytest.approx(0.0336538, rel=1e-5)  # 4.2e12 / 124.8e12
+    assert s1["samples"] == 51_200_000 and s1["epochs"] == pytest.approx(1.28)  # 100k × 512; / 40M pairs
+    assert s1["gpu_hours"] == pytest.approx(478.6325, rel=1e-6)  # 51.2M × 0.0336538 s = 1,723,077 s
+    assert s1["wall_hours"] == pytest.approx(29.91453, rel=1e-6)  # 478.63 / 16
+    assert s2["gpu_hours"] == pytest.approx(239.3162, rel=1e-6)  # 50k × 512 = 25.6M samples at stage 1's cost
+    assert s3["gpu_hours"] == pytest.approx(205.1282, rel=1e-6)  # 5.12M × 1.8e13 / 124.8e12 = 738,462 s
+    assert all(st["method"].startswith("ESTIMATE") for st in p["stages"])
     assert [st["resolution"] for st in p["stages"]] == [512, 512, 1024]
     assert any("ESTIMATE" in n and "gpu: null" in n for n in p["notes"])
-    # GETs/s while training: cluster samples/s ÷ samples per shard × ranged GETs per shard.
-    st1 = p["stages"][0]
-    assert st1["s3_gets_per_s"] == pytest.approx(16 / st1["gpu_s_per_sample"] / 256 * p["s3"]["parts_per_shard"])
+    # GETs/s while training: 16 / 0.0336538 = 475.43 samples/s over the cluster, / 256 per shard = 1.857
+    # shards/s, × 4 ranged GETs per shard (its 4 parts of 50 MiB at the default 512², 256 per shard).
+    assert s1["cluster_samples_per_s"] == pytest.approx(475.42857, rel=1e-6)
+    assert s1["s3_gets_per_s"] == pytest.approx(7.428571, rel=1e-6)
 
 
 def test_measured_gpu_throughput_is_used_and_scaled_by_flops():
-    _, train = _bench("bench_gpu")
-    gpu, flops = train["gpu"], train["flops_per_sample"]
     p = _plan("--steps", "100k,100k,10k", "--global-batch", "256", "--mfu", "0.1", "--peak-tflops", "312",
               bench="bench_gpu")
     s1, s2, s3 = p["stages"]
-    assert s1["gpu_hours"] == pytest.approx(100_000 * 256 / gpu["samples_per_s"] / 3600)  # --mfu plays no part
-    rate3 = gpu["samples_per_s"] * flops["stage1_512"] / flops["stage3_1024"]
-    assert s3["gpu_hours"] == pytest.approx(10_000 * 256 / rate3 / 3600)
-    assert f"measured on {gpu['device']}" in s1["method"]
+    # The measured MFU 0.538 × 312 TFLOP/s = 168 TFLOP/s: 4.2e12 / 168e12 = 0.025 s per sample, i.e. the
+    # measured 40 samples/s; --mfu 0.1 plays no part.
+    assert s1["gpu_s_per_sample"] == pytest.approx(0.025)
+    assert s1["gpu_hours"] == pytest.approx(177.7778, rel=1e-6)  # 100k × 256 = 25.6M × 0.025 s = 640,000 s
+    assert s3["gpu_s_per_sample"] == pytest.approx(0.1071429, rel=1e-6)  # 1.8e13 / 168e12
+    assert s3["gpu_hours"] == pytest.approx(76.19048, rel=1e-6)  # 2.56M × 0.10714 s = 274,286 s
+    assert "measured on NVIDIA A100-SXM4-80GB" in s1["method"]
     assert not any("ESTIMATE" in n for n in p["notes"])
-    # The measured MFU carries to another GPU: an H100-class peak (989 TFLOP/s) shortens every stage.
+    # The measured MFU carries to another GPU: at an H100's 989 TFLOP/s, 0.538 × 989 = 532.5 TFLOP/s,
+    # 126.8 samples/s per GPU, so 25.6M samples take 201,900 s = 56.08 GPU-hours.
     h100 = _plan("--steps", "100k,100k,10k", "--global-batch", "256", "--peak-tflops", "989", bench="bench_gpu")
-    assert h100["stages"][0]["gpu_hours"] == pytest.approx(s1["gpu_hours"] * 312 / 989)
+    assert h100["stages"][0]["gpu_hours"] == pytest.approx(56.08359, rel=1e-6)
 
 
 def test_human_output_shows_sources_and_says_estimate():

@@ -23,14 +23,81 @@ def bench():
     return module
 
 
-def test_mfu_bench_runs_bf16_training_steps(bench):
+class _Clock:
+    """Stands in for the bench's ``time`` module: the clock moves only when an optimizer step runs."""
+
+    def __init__(self, seconds_per_step: float) -> None:
+        self.now, self.seconds_per_step = 100.0, seconds_per_step
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_mfu_bench_times_only_the_measured_steps(bench, monkeypatch):
     import training.model.omnilv as omnilv_mod
 
     guard = omnilv_mod._non_empty
+    clock = _Clock(0.25)
+    monkeypatch.setattr(bench, "time", clock)
+    adamw_step = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        out = adamw_step(self, *args, **kwargs)
+        clock.now += clock.seconds_per_step
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
     r = bench.mfu_bench(torch.device("cpu"), "tiny", latent=8, batch=2, peak=1e12, iters=2, warmup=1)
-    assert r["dtype"] == "torch.bfloat16" and r["samples_per_s"] > 0 and r["flops_per_sample"] > 0
-    assert r["mfu"] == pytest.approx(r["samples_per_s"] * r["flops_per_sample"] / 1e12)
+    assert r["dtype"] == "torch.bfloat16"
+    # One warm-up step, then 2 timed steps of 0.25 s each: 2 × 2 samples in 0.5 s = 8 samples/s.
+    assert r["samples_per_s"] == pytest.approx(8.0)
+    # FLOPs as counted by hand below for latent 8 (N = 16 tokens): 8,333,312.
+    assert r["flops_per_sample"] == 8_333_312
+    # MFU = 8 samples/s × 8,333,312 FLOPs / 1e12 FLOP/s = 6.6666496e-5.
+    assert r["mfu"] == pytest.approx(6.6666496e-5, rel=1e-9)
     assert omnilv_mod._non_empty is guard  # counting FLOPs on meta tensors leaves the model code as it was
+
+
+# Forward + backward FLOPs of one sample of the tiny preset, counted by hand. FlopCounterMode counts matrix
+# products only: 2·m·k·n for an (m, k) @ (k, n) product (bias adds and element-wise work are free), a
+# convolution as 2 × output positions × C_out × C_in × k². Backward: the weight gradient (same count) for every
+# layer, plus the input gradient (same count again) where the input needs one, so ×3, or ×2 for a layer that
+# reads data (x_t, the sinusoidal time features, cond, the all-zero stand-in exemplars). On CPU, attention is
+# two batched products (q·kᵀ and a·v) forward, four backward: ×3.
+# tiny: D = 32 (2 heads of 16), FFN width 96 (int(8·32/3) = 85 rounded up to a multiple of 16), 2 layers,
+# adapter width A = 16 (one MLP block, one projection: first half of 2 layers), patch 2, 3 channels,
+# time-embedding width 32 over 256 sinusoid features; text L = 128 tokens of T = 32 (bench TEXT_TOKENS).
+# N = (latent / 2)² image tokens.
+#   constant terms                                                  fwd         × = total
+#     time linear_1 256→32 (reads sinusoids)                      16,384       ×2    32,768
+#     time linear_2 32→32, caption linear 32→32, norm_out linear_1 32→32
+#                                                            3 ×   2,048       ×3    18,432
+#     per layer: adaLN linear 32→128                               8,192       ×3    24,576
+#                cross-attention k, v on 128 text tokens 2 × 2·128·32·32       ×3 1,572,864
+#     2 layers × 1,597,440 + 32,768 + 18,432                                      3,246,080
+#   per image token (× N)
+#     patch embed 12→32 (reads x_t)                                  768       ×2     1,536
+#     per layer: self q, k, v 3 × 2,048; cross q 2,048; out 2,048; FFN 3 × 6,144
+#                                                                 28,672       ×3    86,016
+#                cross-attention over 128 keys 4·2 heads·128·16   16,384       ×3    49,152
+#     2 layers × 135,168                                                            270,336
+#     norm_out linear_2 32→12                                        768       ×3     2,304
+#     prompt patch conv 6→32, 2×2 (reads zeros) 2·32·6·4           1,536       ×2     3,072
+#     prompt out linear 32→32                                      2,048       ×3     6,144
+#     adapter stem conv 3→16, 3×3, on 4 pixels per token 2·4·16·3·9 3,456      ×2     6,912
+#     adapter patch conv 16→16, 2×2 2·16·16·4                      2,048       ×3     6,144
+#     adapter fc1 16→32, fc2 32→16, projection 16→32          3 × 1,024       ×3     9,216
+#     sum                                                                           305,664
+#   per token pair (× N²): self-attention 4·2 heads·16 = 128 fwd ×3 = 384, 2 layers    768
+# total = 3,246,080 + 305,664·N + 768·N²
+TINY_FLOPS = {4: 4_481_024,  # N = 4: 3,246,080 + 1,222,656 + 12,288
+              8: 8_333_312,  # N = 16: 3,246,080 + 4,890,624 + 196,608
+              16: 25_954_304}  # N = 64: 3,246,080 + 19,562,496 + 3,145,728
+
+
+@pytest.mark.parametrize("latent", sorted(TINY_FLOPS))
+def test_flops_of_the_tiny_preset_equal_the_count_by_hand(bench, latent):
+    assert bench.flops_per_sample("tiny", latent, 3, 32) == TINY_FLOPS[latent]
 
 
 def test_flops_of_the_2b_preset_follow_six_n_t(bench):
@@ -44,4 +111,3 @@ def test_flops_of_the_2b_preset_follow_six_n_t(bench):
     tokens = (64 // 2) ** 2  # 512² through an 8x VAE, patch 2
     ratio = bench.flops_per_sample("2b", 64, 4, 2304) / (6 * n * tokens)
     assert 0.8 < ratio < 1.3, ratio
-    assert bench.flops_per_sample("tiny", 16, 3, 32) > 3 * bench.flops_per_sample("tiny", 8, 3, 32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -122,11 +123,41 @@ def test_visual_prompt_is_added_to_the_input_tokens_only_and_respects_the_mask()
     assert not torch.equal(out_on[0], out_off[0]) and torch.equal(out_on[1], out_off[1])
 
 
-def test_exemplars_of_another_size_are_resampled_to_the_token_grid():
+def _bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resampling of the last two axes, written out: pixel centres at i + 0.5 on both grids (source
+    coordinate ``(i + 0.5) * n_in / n_out - 0.5``), clamped at the edges, no antialiasing."""
+    for axis, n_out in zip((-2, -1), size, strict=True):
+        n_in = x.shape[axis]
+        src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
+        i0 = np.floor(src).astype(int)
+        w = (src - i0).reshape([-1] + [1] * (-axis - 1))  # broadcast along ``axis``
+        x = np.take(x, i0, axis) * (1 - w) + np.take(x, np.minimum(i0 + 1, n_in - 1), axis) * w
+    return x
+
+
+def test_reference_bilinear_gives_the_figures_worked_by_hand():
+    # Up x2, [0, 4] -> 4: sources -0.25 (clamped to 0), 0.25, 0.75, 1.25 (right neighbour clamped) -> 0, 1, 3, 4.
+    assert _bilinear(np.array([[0.0, 4.0]]), (1, 4)).tolist() == [[0.0, 1.0, 3.0, 4.0]]
+    # Down x2, [1, 3, 5, 7] -> 2: sources 0.5 and 2.5 -> the mean of each pair, 2 and 6.
+    assert _bilinear(np.array([[1.0, 3.0, 5.0, 7.0]]), (1, 2)).tolist() == [[2.0, 6.0]]
+    x = np.random.default_rng(0).random((3, 16, 24))  # down x2 on both axes: the mean of each 2x2 block
+    np.testing.assert_allclose(_bilinear(x, (8, 12)), x.reshape(3, 8, 2, 12, 2).mean((2, 4)), atol=1e-12)
+
+
+@pytest.mark.parametrize("size", [(16, 24), (4, 6), (16, 16), (5, 7)])
+def test_exemplars_of_another_size_are_resampled_to_the_token_grid(size):
     model = _model()
     _perturb(model.prompt)
-    refs = {"ref_input": torch.randn(2, 3, 16, 16), "ref_target": torch.randn(2, 3, 16, 16)}
-    assert model(**_inputs(), **refs).shape == (2, 3, 8, 12)
+    x = _inputs()
+    g = torch.Generator().manual_seed(2)
+    refs = {k: torch.randn(2, 3, *size, generator=g) for k in ("ref_input", "ref_target")}
+    # The same exemplars resampled here to the query's 8x12 grid, so the model takes them as they are.
+    on_grid = {k: torch.from_numpy(_bilinear(v.double().numpy(), (8, 12))).float() for k, v in refs.items()}
+    with torch.no_grad():
+        out, expected, bare = model(**x, **refs), model(**x, **on_grid), model(**x)
+    assert out.shape == (2, 3, 8, 12)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    assert float((expected - bare).abs().amax(dim=(1, 2, 3)).min()) > 1e-2  # each sample's exemplar acts
 
 
 def test_all_false_text_mask_does_not_produce_nan():
