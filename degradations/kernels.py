@@ -90,7 +90,9 @@ def standard_normal(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndar
 
     An approximation, ~5x faster than ``rng.standard_normal``: the 65,536 midpoint quantiles of N(0, 1)
     (rescaled to unit variance), so values are quantized to 65,536 levels (steps < 0.0001 sigma near the mean)
-    and the tails stop at +-4.3 sigma, which no 8-bit image can tell apart.
+    and the tails stop at +-4.3 sigma. Mean, variance, skewness, kurtosis and a two-sample KS test match exact
+    normals on a 1024² RGB draw (tests/degradations/test_kernels.py); what differs is the far tail: exact normals
+    put about 48 of a 1024² RGB image's 3.1M values beyond 4.3 sigma, this table none.
     """
     return normal(shape, rng)
 
