@@ -3,8 +3,8 @@
 Rows arrive from :mod:`pipelines.ingest` as float32 (H, W, 3) images in [0, 1], or from a latent cache
 (:mod:`training.data.latent_cache`) already encoded: ``x1``/``cond``/``ref_*`` latents and padded ``text`` +
 ``text_mask``.
-With one resolution bucket they stack into fixed-shape batches inside ``iter_torch_batches``; with several,
-rows are regrouped here so that every batch has one shape (aspect-ratio bucketing).
+With one resolution bucket they stack into fixed-shape batches inside ``iter_torch_batches`` (its ``collate_fn`` is
+:class:`Collate`); with several, rows are regrouped here so that every batch has one shape (aspect-ratio bucketing).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
 
 IMAGES = ("input", "target", "ref_input", "ref_target")
 LATENTS = ("x1", "cond", "ref_input", "ref_target")  # latent-cache rows: already in the codec's space
@@ -26,16 +27,22 @@ def to_tensor(images: np.ndarray | list) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(0, 3, 1, 2) * 2.0 - 1.0
 
 
-def collate(batch: dict[str, np.ndarray]) -> dict[str, Any]:
-    """numpy batch -> images as tensors, strings as lists (``iter_torch_batches(collate_fn=...)``)."""
-    if "x1" in batch:
-        out = collate_latents(batch)
-    else:
-        out = {k: to_tensor(batch[k]) for k in IMAGES if k in batch}
-    out["ref_mask"] = torch.from_numpy(np.asarray(batch["ref_mask"], dtype=bool))
-    out["txt"] = [str(s) for s in batch["txt"]]
-    out["task"] = [str(s) for s in batch.get("task", [""] * len(out["txt"]))]
-    return out
+class Collate(NumpyBatchCollateFn):
+    """numpy batch -> images as tensors, strings as lists. The ``collate_fn`` of ``iter_torch_batches`` (Ray takes a
+    ``CollateFn`` there, a plain function is deprecated); :data:`collate` also collates regrouped rows."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        if "x1" in batch:
+            out = collate_latents(batch)
+        else:
+            out = {k: to_tensor(batch[k]) for k in IMAGES if k in batch}
+        out["ref_mask"] = torch.from_numpy(np.asarray(batch["ref_mask"], dtype=bool))
+        out["txt"] = [str(s) for s in batch["txt"]]
+        out["task"] = [str(s) for s in batch.get("task", [""] * len(out["txt"]))]
+        return out
+
+
+collate = Collate()  # stateless: one for every caller
 
 
 def collate_latents(batch: dict[str, np.ndarray]) -> dict[str, Any]:

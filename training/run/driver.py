@@ -2,7 +2,8 @@
 
 It reads the manifest-listed shards with Ray Data (:func:`training.data.make_datasets`), hands them to Ray Train
 (``DataConfig`` streaming-splits them across workers, each running :func:`training.run.worker.train_loop_per_worker`),
-and shows a rich progress bar fed by a tiny :class:`ProgressBoard` actor that rank 0 updates.
+and shows a rich progress bar fed by a tiny :class:`ProgressBoard` actor that rank 0 updates. Ray's own output stays
+in its log files (:func:`pipelines.ensure_ray`); a failed run raises Ray Train's error, each worker's traceback in it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from training.data import make_datasets
 from training.run.checkpoint import resume_plan
 from training.run.export_final import export_dir
 from training.run.worker import train_loop_per_worker
+
+#: Added to a failed run's error: ``ensure_ray`` keeps the workers' console output out of ours.
+WORKER_OUTPUT = ("The workers' own output is in Ray's log files (/tmp/ray/session_latest/logs by default, on each "
+                 "node); set RAY_LOG_TO_DRIVER=1 to see it here.")
 
 
 @ray.remote(num_cpus=0)
@@ -62,7 +67,8 @@ def make_trainer(cfg: TrainConfig, board: Any = None, ledger: Any = None, fault_
     if not cfg.data.corpus and not cfg.data.latents:
         raise ValueError("data.corpus is empty: point it at a corpus folder or s3:// prefix (--set data.corpus=…)")
     # Our own progress bar reports training; Ray Data's per-operator bars would interleave with it.
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
     resume = resume_plan(cfg)
     datasets = make_datasets(cfg, ledger, skip_shards=resume["shards"])
     storage, filesystem = arrow_path(cfg.run.storage_path), arrow_filesystem(cfg.run.storage_path)
@@ -78,7 +84,8 @@ def make_trainer(cfg: TrainConfig, board: Any = None, ledger: Any = None, fault_
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
                              logging_config=LoggingConfig(log_level=cfg.run.log_level)),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=list(datasets)),
+        # The driver's options, given: Ray's default copies them through the deprecated exclude_resources.
+        dataset_config=DataConfig(datasets_to_split=list(datasets), execution_options=context.execution_options),
     )
 
 
@@ -88,11 +95,17 @@ def run_stage(cfg: TrainConfig, *, address: str | None = None, progress: bool = 
 
     ``fault_at_step`` is a test hook: one worker dies once at that step (:mod:`training.run.faults`).
     """
+    from ray.train import TrainingFailedError
+
     ensure_ray(address)
     board, ledger = ProgressBoard.remote(), SkipLedger.remote()
     trainer = make_trainer(cfg, board, ledger, fault_at_step)
     t0 = time.perf_counter()
-    result = _fit_with_progress(trainer, board, cfg.schedule.steps) if progress else trainer.fit()
+    try:
+        result = _fit_with_progress(trainer, board, cfg.schedule.steps) if progress else trainer.fit()
+    except TrainingFailedError as exc:  # it carries each failed worker's traceback
+        exc.add_note(WORKER_OUTPUT)
+        raise
     if result.error is not None:
         raise result.error
     ckpt = result.checkpoint.path if result.checkpoint is not None else None

@@ -1,10 +1,7 @@
 """``train_loop_per_worker``: one DeepSpeed engine per Ray Train worker, in the shape of Ray's DeepSpeed example.
 
-``train_loop_per_worker`` (set up, resume, train, export) -> :meth:`Loop.train` (passes over the dataset shard)
--> :meth:`Loop.train_step` (``grad_accum`` micro-batches, one optimizer step) -> :meth:`Loop.forward_backward_step`.
-Checkpoints live in :mod:`training.run.checkpoint`, TensorBoard in :mod:`training.run.tensorboard`, the export in
-:mod:`training.run.export_final`, the model in :mod:`training.run.assemble`, the test fault hook in
-:mod:`training.run.faults`.
+Set up, resume, :meth:`Loop.train` (passes over the shard) -> :meth:`Loop.train_step` (one optimizer step) ->
+:meth:`Loop.forward_backward_step`, export; checkpoints, TensorBoard, export and the model have modules of their own.
 """
 
 from __future__ import annotations
