@@ -13,8 +13,8 @@ from training.config import TrainConfig
 from training.model import FlowMatching, ImageCodec, OmniLV, TextEncoder, load_network
 
 
-def setup_worker(cfg: TrainConfig, env: dict[str, str]) -> tuple[int, int, torch.device]:
-    """(rank, world size, device) of this Ray Train worker, with its threads, logging, forwarded environment and
+def setup_worker(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) of this Ray Train worker, with its threads, logging and
     DeepSpeed's process group (Ray Train already created it; DeepSpeed reuses it) set up."""
     if not cfg.run.use_gpu:  # DeepSpeed's own choice here, named so that it does not warn on every worker
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -23,8 +23,6 @@ def setup_worker(cfg: TrainConfig, env: dict[str, str]) -> tuple[int, int, torch
 
     # Ray Train's per-report messages come from loggers outside "ray.train": set the worker's root level too.
     logging.getLogger().setLevel(cfg.run.log_level)
-    for k, v in env.items():
-        os.environ.setdefault(k, v)
     ctx = ray.train.get_context()
     torch.set_num_threads(max(1, int(cfg.run.cpus_per_worker)))
     device = torch.device("cuda", torch.cuda.current_device()) if cfg.run.use_gpu else torch.device("cpu")

@@ -74,12 +74,15 @@ def make_trainer(cfg: TrainConfig, board: Any = None, ledger: Any = None, fault_
     storage, filesystem = arrow_path(cfg.run.storage_path), arrow_filesystem(cfg.run.storage_path)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "board": board, "env": forwarded_env(),
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "board": board,
                            "resume": resume, "ledger": ledger, "fault_at_step": fault_at_step},
         scaling_config=ScalingConfig(num_workers=cfg.run.workers, use_gpu=cfg.run.use_gpu,
                                      resources_per_worker={"CPU": cfg.run.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
+        # Credentials reach the workers through their runtime environment, never through the loop config (which
+        # Ray keeps and can show on its dashboard).
         run_config=RunConfig(name=cfg.run_name, storage_path=storage, storage_filesystem=filesystem,
+                             worker_runtime_env={"env_vars": forwarded_env()},
                              failure_config=FailureConfig(max_failures=cfg.run.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
                              logging_config=LoggingConfig(log_level=cfg.run.log_level)),

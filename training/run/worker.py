@@ -27,7 +27,7 @@ from training.run.tensorboard import TensorBoardLog
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point; ``loop_config`` holds the config as JSON and what the driver hands every worker."""
     cfg = TrainConfig.model_validate(loop_config["cfg"])
-    rank, world, device = setup_worker(cfg, loop_config.get("env", {}))
+    rank, world, device = setup_worker(cfg)
     import deepspeed
 
     flow, codec, text = build_flow(cfg, device)

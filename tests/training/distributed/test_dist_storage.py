@@ -73,3 +73,15 @@ def test_missing_s3_export_is_a_clear_error(s3_run, tmp_path, small_image):
                                       "--instruction", "x", str(src), str(tmp_path / "o.png")])
     assert result.exit_code == 2
     assert "s3://runs-bucket/runs/nope/export" in result.output and "Traceback" not in result.output
+
+
+def test_credentials_reach_workers_by_runtime_env_never_the_loop_config(ray_local, tiny_corpus, tmp_path,
+                                                                        monkeypatch):
+    from training.run import make_trainer
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "canary-s3cr3t")
+    cfg = load_train_config({"data": {"corpus": str(tiny_corpus), "resolution": 16},
+                             "run": {"storage_path": str(tmp_path)}})
+    trainer = make_trainer(cfg)
+    assert "canary-s3cr3t" not in repr(trainer.train_loop_config)  # Ray keeps it and may serve it
+    assert trainer.run_config.worker_runtime_env["env_vars"]["AWS_SECRET_ACCESS_KEY"] == "canary-s3cr3t"
