@@ -21,6 +21,7 @@ from training.config import TrainConfig
 from training.data import make_datasets
 from training.run.checkpoint import resume_plan
 from training.run.export_final import export_dir
+from training.run.record import absolute, check_rerun
 from training.run.worker import train_loop_per_worker
 
 #: Added to a failed run's error: ``ensure_ray`` keeps the workers' console output out of ours.
@@ -100,6 +101,8 @@ def run_stage(cfg: TrainConfig, *, address: str | None = None, progress: bool = 
     """
     from ray.train import TrainingFailedError
 
+    cfg = absolute(cfg)  # before any worker sees a path
+    check_rerun(cfg)
     ensure_ray(address)
     board, ledger = ProgressBoard.remote(), SkipLedger.remote()
     trainer = make_trainer(cfg, board, ledger, fault_at_step)
