@@ -132,6 +132,7 @@ class Loop:
         if step % sched.log_every and not ckpt:
             return
         metrics = {**self.meter.metrics(step), **self.constant, **self.extra}
+        metrics["loss_first"] = self.constant.setdefault("loss_first", metrics["loss"])  # the first, then kept
         if self.tensorboard is not None:
             self.tensorboard.log(step, metrics, self.engine.get_lr()[0])
         if self.board is not None:
