@@ -16,6 +16,7 @@ from training.config import TrainConfig
 from training.data import Prepare, iter_batches
 from training.run import checkpoint
 from training.run.assemble import build_flow, setup_worker
+from training.run.collective import all_ranks_have
 from training.run.ds_config import deepspeed_config
 from training.run.ema import RankEMA
 from training.run.export_final import export_final
@@ -42,7 +43,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     loop.constant.update(init_checksum=checksum, world_size=world)
     loop.train()
     export_final(cfg, engine, rank, ema)
-    loop.close()
+    if loop.tensorboard is not None:
+        loop.tensorboard.close()
 
 
 class Loop:
@@ -65,6 +67,7 @@ class Loop:
             self.constant.update(resume_skipped_shards=resume["shards"], resume_skipped_samples=resume["samples"])
         self.fixed: dict[str, torch.Tensor] | None = None
         self.meter, self.micro = Meter(), 0
+        self.agree = len(cfg.data.sizes) > 1  # several buckets: ranks may run out apart (training.run.collective)
 
     def train(self) -> None:
         """Passes over this worker's dataset shard until ``schedule.steps``."""
@@ -89,7 +92,7 @@ class Loop:
             t0 = time.perf_counter()
             batch = next(batches, None)
             self.meter.waited(time.perf_counter() - t0)
-            if batch is None:
+            if not (all_ranks_have(batch is not None, self.prep.device) if self.agree else batch is not None):
                 return False
             self.forward_backward_step(batch)
             self.micro += 1
@@ -143,7 +146,3 @@ class Loop:
             if self.tensorboard is not None:
                 self.tensorboard.sync()
             checkpoint.save(self.engine, self.ema, self.rank, step, metrics)
-
-    def close(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
