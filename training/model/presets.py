@@ -4,8 +4,10 @@ The config lives here, apart from the torch code in ``omnilv.py``, so that a tra
 against it (``model.overrides``) without importing torch or diffusers.
 
 ``tiny`` runs a forward/backward on CPU in milliseconds (tests); ``small`` is the CPU quickstart;
-``2b`` is the paper's Lumina-Next 2B backbone (dim 2304, 24 layers, 32 heads, patch 2) over a
-4-channel SD/SDXL VAE latent with Gemma-2-2B text features (2304-d).
+``2b`` is the paper's Lumina-Next 2B backbone, the shape of the Lumina-Next-SFT diffusers release (dim 2304,
+24 layers, 32 heads, 8 key/value heads, patch 2) over a 4-channel SDXL VAE latent with Gemma-2B text features
+(2048-d, its second-to-last layer). A run that starts from a pretrained transformer (``model.pretrained``) takes the
+backbone's shape from that checkpoint's config instead (:mod:`training.model.pretrained`).
 """
 
 from __future__ import annotations
@@ -76,9 +78,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(in_channels=3, patch_size=2, hidden_size=96, num_layers=4, num_attention_heads=4,
                   multiple_of=32, cross_attention_dim=384, adapter_dim=64, adapter_depth=2),
     "base": dict(in_channels=4, patch_size=2, hidden_size=1024, num_layers=16, num_attention_heads=16,
-                 num_kv_heads=8, multiple_of=256, cross_attention_dim=2304, adapter_dim=512, adapter_depth=2),
+                 num_kv_heads=8, multiple_of=256, cross_attention_dim=2048, adapter_dim=512, adapter_depth=2),
     "2b": dict(in_channels=4, patch_size=2, hidden_size=2304, num_layers=24, num_attention_heads=32,
-               num_kv_heads=8, multiple_of=256, cross_attention_dim=2304, adapter_dim=1024, adapter_depth=2),
+               num_kv_heads=8, multiple_of=256, cross_attention_dim=2048, adapter_dim=1024, adapter_depth=2),
 }
 
 

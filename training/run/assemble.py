@@ -1,4 +1,5 @@
-"""The model a run trains: the network from its preset, the encoders, the objective, optional initial weights."""
+"""The model a run trains: the network from its preset (or a pretrained Lumina-Next transformer), the encoders, the
+objective, optional initial weights."""
 
 from __future__ import annotations
 
@@ -8,9 +9,21 @@ from typing import Any
 
 import torch
 
-from pipelines import ConfigError, exists, join
+from pipelines import ConfigError, exists, is_remote, join, local_copy
 from training.config import TrainConfig
-from training.model import FlowMatching, ImageCodec, OmniLV, TextEncoder, load_network
+from training.model import (
+    FlowMatching,
+    ImageCodec,
+    OmniLV,
+    TextEncoder,
+    backbone_config,
+    format_notes,
+    load_backbone,
+    load_network,
+    transformer_dir,
+)
+
+log = logging.getLogger(__name__)
 
 
 def setup_worker(cfg: TrainConfig) -> tuple[int, int, torch.device]:
@@ -32,13 +45,34 @@ def setup_worker(cfg: TrainConfig) -> tuple[int, int, torch.device]:
 
 def build_flow(cfg: TrainConfig, device: torch.device) -> tuple[FlowMatching, ImageCodec, TextEncoder]:
     """(FlowMatching, codec, text encoder); the net's text/latent widths follow the encoders."""
-    text, codec = TextEncoder.from_spec(cfg.text), ImageCodec.from_spec(cfg.codec)
-    fields = cfg.model.network_fields(cross_attention_dim=text.dim, in_channels=codec.channels)
+    text = TextEncoder.from_spec(cfg.text, layer=cfg.text_layer)
+    codec = ImageCodec.from_spec(cfg.codec)
     torch.manual_seed(cfg.run.seed)  # identical init on every rank (DeepSpeed also broadcasts rank 0's)
-    net = OmniLV(**fields)
+    if cfg.model.pretrained:
+        net = from_pretrained(cfg, text, codec)
+    else:
+        net = OmniLV(**cfg.model.network_fields(cross_attention_dim=text.dim, in_channels=codec.channels))
+    net.activation_checkpointing = cfg.model.activation_checkpointing
     if cfg.stage.init_from:
         init_weights(net, cfg.stage.init_from)
     return FlowMatching(net, cfg.model.objective).to(device), codec, text
+
+
+def from_pretrained(cfg: TrainConfig, text: TextEncoder, codec: ImageCodec) -> OmniLV:
+    """The network shaped and initialised by ``model.pretrained`` (adapter and prompt projection at zero); what was
+    not loaded as it is goes to the log, from rank 0."""
+    src = cfg.model.pretrained
+    if is_remote(src) and exists(join(src, "transformer", "config.json")):
+        src = join(src, "transformer")  # fetch the transformer only, not the release's text encoder and VAE
+    with local_copy(src) as root:
+        folder = transformer_dir(root)
+        backbone = backbone_config(folder)
+        notes = cfg.model.check_pretrained(backbone, (cfg.text, text.dim), (cfg.codec, codec.channels))
+        net = OmniLV(**cfg.model.network_fields(backbone, cross_attention_dim=text.dim, in_channels=codec.channels))
+        tensors = load_backbone(net, folder)
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        log.warning("backbone from %s; not loaded as it is:\n%s", cfg.model.pretrained, format_notes(tensors, notes))
+    return net
 
 
 def init_weights(net: Any, path: str) -> None:
