@@ -181,7 +181,7 @@ def load_exported(folder: str | Path, device: str | torch.device = "cpu"
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ExportError(f"{Path(folder) / META}: flow: {problems}") from None
     flow = FlowMatching(net, objective).eval().to(device)
-    text = TextEncoder.from_spec(meta["text_encoder"]).to(device)
+    text = TextEncoder.from_spec(meta["text_encoder"], layer=int(meta.get("text_layer", -1))).to(device)
     codec = ImageCodec.from_spec(meta["codec"]).to(device)
     if text.dim != flow.net.config.cross_attention_dim:
         raise ExportError(f"{folder}: text encoder {meta['text_encoder']!r} gives {text.dim}-d features but the "

@@ -44,6 +44,7 @@ def export_final(cfg: TrainConfig, engine: Any, rank: int, ema: RankEMA | None =
             with tempfile.TemporaryDirectory(prefix="omnilv-export-") as tmp:
                 local = tmp if is_remote(out) else out
                 export_model(model, cfg.text, cfg.codec, local, extra={"stage": cfg.stage.name,
+                                                                       "text_layer": cfg.text_layer,
                                                                        "trained_in": cfg.deepspeed.precision,
                                                                        **describe(ema)})
                 if local != out:  # readers stop at once (no omnilv.json), and see it again only when complete

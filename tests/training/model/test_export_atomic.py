@@ -77,3 +77,13 @@ def test_a_folder_of_other_files_is_not_exported_over(tmp_path):
     with pytest.raises(ExportError, match="not an omnilv export"):
         export_model(tiny(1), "tiny", "pixel", out)
     assert [p.name for p in out.iterdir()] == ["holiday.jpg"]
+
+
+def test_the_text_layer_a_run_trained_with_travels_with_its_export(tmp_path):
+    from training.model.export import load_exported
+
+    export_model(tiny(1), "tiny", "pixel", tmp_path / "e", extra={"text_layer": -2})
+    _, text, _, meta = load_exported(tmp_path / "e")
+    assert meta["text_layer"] == -2 and text.layer == -2
+    export_model(tiny(1), "tiny", "pixel", tmp_path / "old")  # exports before the field: the last layer
+    assert load_exported(tmp_path / "old")[1].layer == -1
