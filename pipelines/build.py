@@ -4,6 +4,12 @@ Commit protocol (DESIGN.md): a shard task writes its tar atomically, then a smal
 commit record ``_commits/<shard>.json``; the driver writes ``manifest.json`` last,
 from the commit records, in shard order. A rerun skips shards whose commit record
 and bytes check out, so a resumed build equals an uninterrupted one byte for byte.
+
+Ownership (DESIGN.md, trust and safety): a build writes only into an empty folder or
+one of its own corpora, never into the filesystem root, the home folder, a bucket root
+or a folder overlapping a source. ``_build.json`` names every file the build writes;
+``--overwrite`` and the clean-up of a killed writer's temps delete only those names.
+One build at a time holds the output's lease (:mod:`pipelines.lease`).
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import hashlib
 import io
 import json
 import logging
+import os
+import re
 import tarfile
 import time
 from collections import Counter
@@ -20,18 +28,29 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from omnilv.errors import OmniLVError
 from pipelines.config import CorpusConfig
 from pipelines.configfile import ConfigError
+from pipelines.lease import LEASE, Lease
 from pipelines.runtime import ensure_ray
-from pipelines.schema import MANIFEST, MEMBERS, Manifest, ShardRecord, shard_name
-from pipelines.storage import BUILD_STATE, COMMITS, Store, s3_options
+from pipelines.schema import MANIFEST, MEMBERS, Manifest, SchemaError, ShardRecord, shard_name
+from pipelines.storage import BUILD_STATE, COMMITS, TEMP_RE, Store, s3_options
 
 log = logging.getLogger(__name__)
-REPORT = "report.json"
+REPORTS = ("report.json", "report.html")  # pipelines.report writes these, and contact_<domain>.png
+#: The names a build writes, for a state that does not list them (``_build.json`` before it did, a corpus
+#: known only by its manifest): exactly our naming scheme, so ``report-q3.pdf`` or ``notes.tmp-x.txt`` never match.
+OUR_NAMES = re.compile(r"shard-\d{6}\.tar|_commits/shard-\d{6}\.tar\.json|manifest\.json|report\.(json|html)"
+                       r"|contact_[A-Za-z0-9_-]+\.png|_build\.json|_lease\.json")
 
 
-class BuildError(RuntimeError):
+class BuildError(OmniLVError, RuntimeError):
     """The build cannot go on (changed config, unreadable output); the message says what to do."""
+
+
+class BuildStateError(BuildError):
+    """The output holds something a build may neither resume nor delete: files that are not one of our corpora,
+    or a build state it cannot read."""
 
 
 @dataclass(frozen=True)
@@ -93,8 +112,9 @@ def tar_bytes(samples: list[dict[str, bytes]], members: tuple[str, ...] = MEMBER
 
 
 def run_shard(cfg_data: dict[str, Any], job: ShardJob, opts: dict[str, Any],
-              mixture: list[tuple[str, float]]) -> dict[str, Any]:
-    """Build, write and commit one shard; returns its commit record plus timings."""
+              mixture: list[tuple[str, float]], kill_once: tuple[int, str] | None = None) -> dict[str, Any]:
+    """Build, write and commit one shard; returns its commit record plus timings. ``kill_once`` is a test hook
+    (shard index, marker file): that shard's first attempt exits hard after its tar, before its commit record."""
     from pipelines.synth import generate_shard
 
     _one_thread()
@@ -105,6 +125,10 @@ def run_shard(cfg_data: dict[str, Any], job: ShardJob, opts: dict[str, Any],
     store = Store(cfg.output.path, opts)
     record.update(name=job.name, samples=len(members), bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
     store.write(job.name, data)
+    if kill_once and kill_once[0] == job.index and not os.path.exists(kill_once[1]):
+        with open(kill_once[1], "x") as marker:  # the retry finds it and lives
+            marker.write(str(os.getpid()))
+        os._exit(17)
     store.write(f"{COMMITS}/{job.name}.json", json.dumps(record, sort_keys=True, indent=1).encode())
     return {**record, "seconds": time.perf_counter() - t0}
 
@@ -138,15 +162,70 @@ def plugin_versions() -> dict[str, int]:
     return out
 
 
-def check_state(store: Store, cfg: CorpusConfig, listing: str, mixture: list, overwrite: bool) -> None:
-    """Refuse to mix two configs (or source listings, or plugin sets) in one output unless ``overwrite``."""
+def planned_writes(jobs: list[ShardJob], mixture: list[tuple[str, float]]) -> dict[str, Any]:
+    """What this build may write, for ``_build.json``: its shards (and their commit records) by count, and the
+    other names (the manifest, the report, one contact sheet per domain of the mixture)."""
+    from pipelines.synth import get_task
+
+    sheets = {f"contact_{get_task(name).domain}.png" for name, _ in mixture}
+    return {"shards": len(jobs), "files": sorted({MANIFEST, *REPORTS, *sheets})}
+
+
+def owned(state: dict[str, Any] | None) -> Callable[[str], bool]:
+    """Whether a name is one the build ``state`` describes wrote (its ``writes``, else :data:`OUR_NAMES`)."""
+    writes = (state or {}).get("writes")
+    if not isinstance(writes, dict):
+        return lambda name: bool(OUR_NAMES.fullmatch(name))
+    shards = {shard_name(i) for i in range(int(writes.get("shards", 0)))}
+    names = shards | {f"{COMMITS}/{s}.json" for s in shards} | {BUILD_STATE, LEASE}
+    names |= {n for n in map(str, writes.get("files", [])) if OUR_NAMES.fullmatch(n)}  # an edited state widens nothing
+    return names.__contains__
+
+
+def read_state(store: Store) -> dict[str, Any] | None:
+    """The state of the corpus at ``store``: ``_build.json``; for a corpus known only by its manifest, its config
+    digest; None for a folder holding neither (it must then be empty, see :func:`check_owner`)."""
+    if store.exists(BUILD_STATE):
+        try:
+            state = json.loads(store.read(BUILD_STATE))
+            if not isinstance(state, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BuildStateError(
+                f"{store.path(BUILD_STATE)} is not a valid build state ({exc}), so it is unknown which files there "
+                "a build wrote; nothing was changed. Restore that file, or build into an empty output.path.") from None
+        return state
+    if store.exists(MANIFEST):
+        try:
+            manifest = Manifest.from_json(store.read(MANIFEST).decode("utf-8"), store.path(MANIFEST))
+        except (SchemaError, UnicodeDecodeError):
+            return None
+        if isinstance(manifest.extra.get("config"), dict) and "kind" not in manifest.extra:  # not a latent cache
+            return {"config_sha256": manifest.config_sha256}
+    return None
+
+
+def check_owner(store: Store) -> dict[str, Any] | None:
+    """:func:`read_state`, refusing a folder that holds files but no corpus of ours (with or without overwrite)."""
+    state = read_state(store)
+    if state is None:
+        foreign = [n for n in store.list() if n != LEASE]
+        if foreign:
+            raise BuildStateError(
+                f"{store.root} is not empty ({len(foreign)} file(s), e.g. {foreign[0]!r}) and holds no omnilv corpus; "
+                "a build writes only into an empty folder or one of its own corpora. Choose another output.path.")
+    return state
+
+
+def check_state(store: Store, cfg: CorpusConfig, listing: str, mixture: list, overwrite: bool,
+                writes: dict[str, Any]) -> dict[str, Any]:
+    """Refuse to mix two configs (or source listings, or plugin sets) in one output unless ``overwrite``; record
+    the state, with what this build writes. Call it holding the output's lease."""
     state = {"config_sha256": cfg.digest(), "sources_sha256": listing, "mixture": [list(m) for m in mixture],
              "plugin_versions": plugin_versions()}
-    old = None
-    if store.exists(BUILD_STATE):
-        old = json.loads(store.read(BUILD_STATE))
-    elif store.exists(MANIFEST):
-        old = {**state, "config_sha256": Manifest.from_json(store.read(MANIFEST).decode()).config_sha256}
+    old = check_owner(store)
+    if old is not None and "sources_sha256" not in old:  # known by its manifest only: its config digest decides
+        old = {**state, "config_sha256": old["config_sha256"]}
     if old is not None and any(old.get(k) != v for k, v in state.items()):
         what = next(w for k, w in (("config_sha256", "config"), ("sources_sha256", "source listing"),
                                    ("mixture", "set of installed plugins"),
@@ -157,21 +236,24 @@ def check_state(store: Store, cfg: CorpusConfig, listing: str, mixture: list, ov
                 f"(digest {str(old.get('config_sha256'))[:12]}… vs {state['config_sha256'][:12]}…). "
                 "Use the original config to resume it, pick another output.path, or pass --overwrite "
                 "to delete it and rebuild.")
-        wipe(store)
+        wipe(store, old)
     elif overwrite:
-        wipe(store)
-    store.write(BUILD_STATE, json.dumps({**state, "config": cfg.resolved()}, sort_keys=True, indent=1).encode())
+        wipe(store, old)
+    new = {**state, "config": cfg.resolved(), "writes": writes}
+    store.write(BUILD_STATE, json.dumps(new, sort_keys=True, indent=1).encode())
+    return new
 
 
-def wipe(store: Store) -> None:
-    """Delete a corpus' shards, commit records, manifest and reports (manifest first: readers stop at once)."""
-    names = store.list()
-    first = [n for n in names if n == MANIFEST]
-    store.remove(first + [n for n in names if n not in first and _ours(n)])
+def wipe(store: Store, state: dict[str, Any] | None) -> None:
+    """Delete the files the build ``state`` names, and their temps (manifest first: readers stop at once).
 
-
-def _ours(name: str) -> bool:
-    return (name.startswith(("shard-", f"{COMMITS}/", "report", "contact_")) or name in (BUILD_STATE, MANIFEST))
+    The lease and the build state stay: the caller holds one and rewrites the other."""
+    if state is None:
+        return
+    mine = owned(state)
+    names = [n for n in store.list() if n not in (LEASE, BUILD_STATE)
+             and (mine(n) or bool((m := TEMP_RE.match(n)) and mine(m.group(1))))]
+    store.remove(sorted(names, key=lambda n: n != MANIFEST))
 
 
 def committed(store: Store, jobs: list[ShardJob], verify: str) -> dict[int, dict[str, Any]]:
@@ -183,9 +265,9 @@ def committed(store: Store, jobs: list[ShardJob], verify: str) -> dict[int, dict
             continue
         try:
             rec = json.loads(store.read(f"{COMMITS}/{job.name}.json"))
-            ok = store.size(job.name) == rec["bytes"] and (verify != "sha256" or store.sha256(job.name) ==
-                                                           rec["sha256"])
-        except (OSError, ValueError, KeyError):
+            ok = rec["name"] == job.name and store.size(job.name) == rec["bytes"] and (
+                verify != "sha256" or store.sha256(job.name) == rec["sha256"])
+        except (OSError, ValueError, KeyError, TypeError):
             ok = False
         if ok:
             done[job.index] = rec
@@ -214,10 +296,12 @@ def write_manifest(store: Store, cfg: CorpusConfig, records: list[dict[str, Any]
 
 # -- the driver ------------------------------------------------------------------------------------
 def build_corpus(cfg: CorpusConfig, *, overwrite: bool = False, progress: bool = True, address: str | None = None,
-                 workers: int | None = None) -> BuildResult:
-    """Build (or resume) the corpus ``cfg`` describes; returns the manifest and where the report is."""
+                 workers: int | None = None, kill_once: tuple[int, str] | None = None) -> BuildResult:
+    """Build (or resume) the corpus ``cfg`` describes; returns the manifest and where the report is.
+
+    ``kill_once`` is a test hook, never a config field: see :func:`run_shard`."""
     from pipelines.report import write_report
-    from pipelines.sources import list_sources
+    from pipelines.sources import list_sources, source_objects, source_roots
     from pipelines.synth import resolve_mixture
 
     t0 = time.perf_counter()
@@ -228,40 +312,49 @@ def build_corpus(cfg: CorpusConfig, *, overwrite: bool = False, progress: bool =
     opts = s3_options(cfg.s3)
     uris = list_sources(cfg, opts)  # before touching the output: a bad source spec leaves nothing behind
     store = Store(cfg.output.path, opts)
+    store.refuse_unsafe(source_roots(cfg), source_objects(uris))
     store.ensure_bucket()
+    check_owner(store)  # before the lease is written: a folder that is not ours gets nothing of ours
     listing = listing_digest(uris)
-    check_state(store, cfg, listing, mixture, overwrite)
-    store.clean_temps()
     jobs = plan(uris, cfg)
-    done = committed(store, jobs, cfg.runtime.resume_verify)
-    todo = [j for j in jobs if j.index not in done]
-    if todo and store.exists(MANIFEST):
-        store.remove([MANIFEST])  # it would list shards being rebuilt; the finished build writes it again
-    fresh = run_jobs(cfg, todo, opts, mixture, done_samples=sum(r["samples"] for r in done.values()),
-                     total=len(uris) * cfg.variants_per_source, progress=progress, address=address,
-                     workers=workers or cfg.runtime.workers)
-    records = [done.get(j.index) or fresh[j.index] for j in jobs]
-    manifest = write_manifest(store, cfg, records, listing, len(uris), mixture)
-    seconds = time.perf_counter() - t0
-    stats = {"seconds": seconds, "built_shards": len(todo), "resumed_shards": len(done),
-             "built_samples": sum(fresh[j.index]["samples"] for j in todo),
-             "task_seconds": sum(fresh[j.index]["seconds"] for j in todo)}
-    report_path = write_report(store, cfg, manifest, records, stats)
+    with Lease(store) as lease:
+        state = check_state(store, cfg, listing, mixture, overwrite, planned_writes(jobs, mixture))
+        store.clean_temps(owned(state))
+        done = committed(store, jobs, cfg.runtime.resume_verify)
+        todo = [j for j in jobs if j.index not in done]
+        if todo and store.exists(MANIFEST):
+            store.remove([MANIFEST])  # it would list shards being rebuilt; the finished build writes it again
+        fresh = run_jobs(cfg, todo, opts, mixture, done_samples=sum(r["samples"] for r in done.values()),
+                         total=len(uris) * cfg.variants_per_source, progress=progress, address=address,
+                         workers=workers or cfg.runtime.workers, kill_once=kill_once)
+        records = [done.get(j.index) or fresh[j.index] for j in jobs]
+        lease.check()  # a build that lost its output to another one publishes nothing
+        manifest = write_manifest(store, cfg, records, listing, len(uris), mixture)
+        seconds = time.perf_counter() - t0
+        stats = {"seconds": seconds, "built_shards": len(todo), "resumed_shards": len(done),
+                 "built_samples": sum(fresh[j.index]["samples"] for j in todo),
+                 "task_seconds": sum(fresh[j.index]["seconds"] for j in todo)}
+        report_path = write_report(store, cfg, manifest, records, stats)
     return BuildResult(manifest, store.root, report_path, len(todo), len(done), seconds, stats)
 
 
 def run_jobs(cfg: CorpusConfig, jobs: list[ShardJob], opts: dict[str, Any], mixture: list[tuple[str, float]], *,
              done_samples: int, total: int,
-             progress: bool, address: str | None, workers: int | None) -> dict[int, dict[str, Any]]:
+             progress: bool, address: str | None, workers: int | None,
+             kill_once: tuple[int, str] | None = None) -> dict[int, dict[str, Any]]:
     """Run shard tasks on Ray with a bounded number in flight; returns commit records by shard index."""
     if not jobs:
         return {}
     import ray
 
+    from pipelines.synth import task_memory
+
     started = ensure_ray(address, num_cpus=workers, log_to_driver=False)
     try:
         limit = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        task = ray.remote(num_cpus=1, max_retries=cfg.runtime.retries, retry_exceptions=True)(run_shard)
+        memory = fit_memory(task_memory(cfg.geometry), cfg.geometry.max_pixels)
+        task = ray.remote(num_cpus=1, memory=memory, max_retries=cfg.runtime.retries,
+                          retry_exceptions=True)(run_shard)
         cfg_ref = ray.put(cfg.model_dump(mode="json"))
         out: dict[int, dict[str, Any]] = {}
         with _progress(progress, total, done_samples, cfg.variants_per_source) as bar:
@@ -270,7 +363,7 @@ def run_jobs(cfg: CorpusConfig, jobs: list[ShardJob], opts: dict[str, Any], mixt
             while queue or pending:
                 while queue and len(pending) < limit:
                     job = queue.pop(0)
-                    pending[task.remote(cfg_ref, job, opts, mixture)] = job.index
+                    pending[task.remote(cfg_ref, job, opts, mixture, kill_once)] = job.index
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
                     idx = pending.pop(ref)
@@ -284,6 +377,20 @@ def run_jobs(cfg: CorpusConfig, jobs: list[ShardJob], opts: dict[str, Any], mixt
     finally:
         if started:
             ray.shutdown()
+
+
+def fit_memory(memory: int, max_pixels: int) -> int:
+    """The memory a shard task declares to Ray: what it may need, or, where no node offers that much, all of the
+    largest node's (one task at a time there, rather than tasks Ray could never place)."""
+    import ray
+
+    largest = int(max((n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")), default=0))
+    if largest >= memory or largest <= 0:
+        return memory
+    log.warning("a shard task may need %.1f GiB at geometry.max_pixels=%d, but the largest Ray node offers %.1f GiB "
+                "of task memory: running one task per node; lower geometry.max_pixels for more", memory / 2**30,
+                max_pixels, largest / 2**30)
+    return largest
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,7 +76,7 @@ def inspect_corpus(root: str, storage_options: dict | None = None) -> Inspection
     for rec in manifest.shards:
         try:
             problems, n, members = check_shard(join(root, rec.name), rec, storage_options)
-        except (OSError, SchemaError, EOFError) as exc:
+        except (OSError, SchemaError, EOFError, tarfile.TarError) as exc:  # a cut-short tar is a problem, not a crash
             problems, n, members = [f"{rec.name}: unreadable: {exc}"], 0, Counter()
         result.problems.extend(problems)
         result.samples += n

@@ -8,16 +8,22 @@ members in :data:`pipelines.schema.MEMBERS` are decoded; anything else (``.pyd``
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import tarfile
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import fsspec
 
-from pipelines.schema import MANIFEST, MEMBERS, Manifest, Sample, SchemaError
+from pipelines.schema import IMAGE_MEMBERS, MANIFEST, MEMBERS, Manifest, Sample, SchemaError
 from pipelines.storage import join
+
+log = logging.getLogger(__name__)
+#: ``KEY.x.input.png``: what a member of a sample whose key has a dot looks like.
+_DOTTED = tuple(f".{m}" for m in IMAGE_MEMBERS)
 
 
 @dataclass
@@ -67,17 +73,29 @@ def iter_member_names(url: str, storage_options: dict | None = None) -> Iterator
 
 def iter_members(url: str, stats: ReadStats | None = None,
                  storage_options: dict | None = None) -> Iterator[dict[str, bytes]]:
-    """Raw WebDataset dicts (``__key__`` + whitelisted members) from one tar shard, streamed."""
+    """Raw WebDataset dicts (``__key__`` + whitelisted members) from one tar shard, streamed.
+
+    A sample's members must be adjacent and its key free of dots (WebDataset groups adjacent members by the
+    name before the first dot): a shard that breaks either is a :class:`SchemaError`, never a fragment read as a
+    sample. A shard that ends early raises ``tarfile.ReadError``/``EOFError`` before its last, incomplete sample.
+    """
     stats = stats if stats is not None else ReadStats()
     current: dict[str, bytes] = {}
+    done: set[str] = set()
     with fsspec.open(url, "rb", **_opts(url, storage_options)) as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
         for info in tar:
             if not info.isfile():
                 continue
             key, member = split_member(info.name)
+            if member not in MEMBERS and member.endswith(_DOTTED):
+                raise SchemaError(f"{url}: member {info.name!r} has a dotted sample key; keys may not contain dots")
             if current and current["__key__"] != key:
+                done.add(current["__key__"])
                 yield current
                 current = {}
+            if key in done:
+                raise SchemaError(f"{url}: member {info.name!r} is not next to the other members of sample {key!r}; "
+                                  "a sample's members must be adjacent in its shard")
             if not current:
                 current = {"__key__": key}
             if member not in MEMBERS:
@@ -95,7 +113,16 @@ def iter_samples(root: str, stats: ReadStats | None = None, storage_options: dic
     stats = stats if stats is not None else ReadStats()
     urls = shard_urls(root, load_manifest(root, storage_options))
     for url in urls[:limit_shards]:
-        for members in iter_members(url, stats, storage_options):
+        members_of = iter_members(url, stats, storage_options)
+        while True:
+            try:
+                members = next(members_of)
+            except StopIteration:
+                break
+            except (tarfile.TarError, EOFError, zlib.error) as exc:  # cut short: its last sample never surfaces
+                log.warning("%s: unreadable from here on (%s); the rest of this shard is skipped", url, exc)
+                stats.skipped["shard:truncated"] += 1
+                break
             try:
                 sample = Sample.from_members(members)
             except SchemaError as exc:

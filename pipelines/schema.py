@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ import cv2
 import numpy as np
 
 from degradations import bgr_to_rgb01
+from omnilv.errors import OmniLVError
 
 SCHEMA_VERSION = 1
 INPUT, TARGET, TXT, JSON = "input.png", "target.png", "txt", "json"
@@ -40,9 +42,13 @@ MEMBERS: tuple[str, ...] = REQUIRED_MEMBERS + OPTIONAL_MEMBERS
 IMAGE_MEMBERS: tuple[str, ...] = (INPUT, TARGET, REF_INPUT, REF_TARGET)
 MANIFEST = "manifest.json"
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: The most pixels an image member may claim (4x the largest crop, 4096²): checked in the PNG header before
+#: anything is decoded, so a 100-byte file claiming 2^31 pixels is a counted skip, not an OpenCV error.
+MAX_IMAGE_PIXELS = 1 << 26
 
 
-class SchemaError(ValueError):
+class SchemaError(OmniLVError, ValueError):
     """A sample or manifest does not follow the schema; the message says which member/field."""
 
 
@@ -77,14 +83,30 @@ def encode_png(img: np.ndarray, bits: int = 8, level: int = 6) -> bytes:
     return buf.tobytes()
 
 
-def decode_png(data: bytes, member: str = "image") -> np.ndarray:
-    """PNG bytes -> float32 RGB [0, 1]. Only PNG is accepted for image members."""
-    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+def png_size(data: bytes, member: str = "image") -> tuple[int, int]:
+    """(width, height) from a PNG's header, or a :class:`SchemaError` for anything that is not a sane PNG."""
+    if not data.startswith(_PNG_MAGIC):
         raise SchemaError(f"{member}: not a PNG")
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if arr is None:
+    if len(data) < 33 or data[8:16] != b"\x00\x00\x00\x0dIHDR":
+        raise SchemaError(f"{member}: corrupt PNG (no header chunk)")
+    w, h = struct.unpack(">II", data[16:24])
+    if not (w and h) or w * h > MAX_IMAGE_PIXELS:
+        raise SchemaError(f"{member}: PNG header claims {w}x{h} pixels (at most {MAX_IMAGE_PIXELS} allowed)")
+    return w, h
+
+
+def decode_png(data: bytes, member: str = "image") -> np.ndarray:
+    """PNG bytes -> float32 RGB [0, 1]. Only PNG is accepted for image members, its header size checked first;
+    whatever is wrong with the bytes is a :class:`SchemaError` naming the member."""
+    w, h = png_size(data, member)
+    try:
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        rgb = None if arr is None else bgr_to_rgb01(arr)
+    except cv2.error as exc:
+        raise SchemaError(f"{member}: corrupt PNG ({str(exc).strip().splitlines()[-1]})") from None
+    if rgb is None or rgb.shape != (h, w, 3):
         raise SchemaError(f"{member}: corrupt PNG")
-    return bgr_to_rgb01(arr)
+    return rgb
 
 
 def quantize(img: np.ndarray, bits: int = 8) -> np.ndarray:
@@ -156,12 +178,17 @@ class ShardRecord:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ShardRecord:
+        """A record read from a manifest or commit record: data, so its name must stay inside the corpus."""
+        from pipelines.storage import StorageError, inside
+
         try:
-            return cls(str(d["name"]), int(d["samples"]), int(d["bytes"]), str(d["sha256"]),
-                       {str(k): int(v) for k, v in d.get("tasks", {}).items()},
-                       {str(k): int(v) for k, v in d.get("rejects", {}).items()})
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SchemaError(f"bad shard record {d!r}: {exc}") from exc
+            rec = cls(str(d["name"]), int(d["samples"]), int(d["bytes"]), str(d["sha256"]),
+                      {str(k): int(v) for k, v in d.get("tasks", {}).items()},
+                      {str(k): int(v) for k, v in d.get("rejects", {}).items()})
+            inside(rec.name, "shard name")
+        except (KeyError, TypeError, ValueError, AttributeError, StorageError) as exc:
+            raise SchemaError(f"bad shard record {str(d)[:200]}: {exc}") from None
+        return rec
 
 
 @dataclass
@@ -187,7 +214,8 @@ class Manifest:
         try:
             d = json.loads(text)
             shards = [ShardRecord.from_json(s) for s in d["shards"]]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise SchemaError(f"{where}: not a valid manifest: {exc}") from exc
+            version = int(d.get("corpus_version", SCHEMA_VERSION))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, SchemaError) as exc:
+            raise SchemaError(f"{where}: not a valid manifest: {exc}") from None
         extra = {k: v for k, v in d.items() if k not in ("corpus_version", "config_sha256", "shards")}
-        return cls(shards, str(d.get("config_sha256", "")), int(d.get("corpus_version", SCHEMA_VERSION)), extra)
+        return cls(shards, str(d.get("config_sha256", "")), version, extra)

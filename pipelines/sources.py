@@ -4,7 +4,8 @@ A source's stable id is its URI. Listings are sorted, so the shard a source land
 in depends only on the config and the set of sources, never on listing order.
 URI forms: a local path or ``file://`` path, ``s3://bucket/key``, ``samples://NAME``
 (a bundled scikit-image photo) and ``shard://<shard url>#<key>.<member>`` (a clean
-image inside an existing corpus).
+image inside an existing corpus). No other scheme is read, a ``samples://`` name
+stays inside the bundled folder, and no source is read past :data:`MAX_SOURCE_BYTES`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,24 @@ from typing import Any
 
 import fsspec
 
+from omnilv.errors import OmniLVError
 from pipelines.config import CorpusConfig, SourceSpec
 from pipelines.configfile import ConfigError
+from pipelines.storage import StorageError, contains, inside, is_remote
 
 SAMPLES = "samples://"
 SHARDS = "shards://"
 SHARD_ITEM = "shard://"
+#: The most bytes read of one source (checked before it is read whole): a 10^8-pixel JPEG, WebP or PNG photo fits.
+MAX_SOURCE_BYTES = 256 * 2**20
+
+
+class SourceError(OmniLVError):
+    """A source URI that may not be read (another scheme, outside the bundled folder or the configured sources)."""
+
+
+class SourceTooLarge(SourceError):
+    """A source above :data:`MAX_SOURCE_BYTES`; the build counts it as a ``too_large`` reject."""
 
 
 def list_sources(cfg: CorpusConfig, storage_options: dict[str, Any] | None = None) -> list[str]:
@@ -99,23 +112,131 @@ def _list_corpus(root: str, member: str, opts: dict[str, Any]) -> list[str]:
     return out
 
 
-def fetch(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
-    """The raw bytes of a source URI (raises ``OSError`` when it cannot be read)."""
+def fetch(uri: str, storage_options: dict[str, Any] | None = None, max_bytes: int | None = None) -> bytes:
+    """The raw bytes of a source URI (``OSError`` when it cannot be read, :class:`SourceError` when it may not be,
+    :class:`SourceTooLarge` past ``max_bytes`` (default :data:`MAX_SOURCE_BYTES`), found before more than
+    ``max_bytes + 1`` bytes are read)."""
+    max_bytes = MAX_SOURCE_BYTES if max_bytes is None else max_bytes
     if uri.startswith(SAMPLES):
-        from degradations import data_dir
-
-        return (data_dir() / uri[len(SAMPLES):]).read_bytes()
+        return _capped(open(sample_file(uri), "rb"), max_bytes, uri)
     if uri.startswith(SHARD_ITEM):
         url, _, name = uri[len(SHARD_ITEM):].rpartition("#")
-        so = storage_options or {} if url.startswith("s3://") else {}
+        so = _scheme(url, storage_options)
         with fsspec.open(url, "rb", **so) as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
             for info in tar:
                 if info.name == name and info.isfile():
+                    if info.size > max_bytes:
+                        raise SourceTooLarge(f"{uri}: {info.size} bytes, more than {max_bytes}")
                     data = tar.extractfile(info)
                     return data.read() if data is not None else b""
         raise FileNotFoundError(f"{name} not in {url}")
+    so = _scheme(uri, storage_options)
     if uri.startswith("s3://"):
-        with fsspec.open(uri, "rb", **(storage_options or {})) as f:
-            return f.read()
-    with open(uri.removeprefix("file://"), "rb") as f:
-        return f.read()
+        return _capped(fsspec.open(uri, "rb", **so).open(), max_bytes, uri)
+    return _capped(open(uri.removeprefix("file://"), "rb"), max_bytes, uri)
+
+
+def sample_file(uri: str) -> Path:
+    """The bundled photo ``samples://NAME`` names: one plain file name, resolved inside the bundled folder."""
+    from degradations import data_dir
+
+    name = uri[len(SAMPLES):]
+    root = data_dir().resolve()
+    path = (root / name).resolve()
+    if "/" in name or "\\" in name or name in ("", ".", "..") or path.parent != root:
+        raise SourceError(f"{uri}: not a bundled photo name (it would leave {root})")
+    return path
+
+
+def _scheme(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """Storage options for ``url``: s3 ones for ``s3://``, none for a local path; any other scheme is refused."""
+    if url.startswith("s3://"):
+        return dict(storage_options or {})
+    if is_remote(url):
+        raise SourceError(f"{url}: only local paths and s3:// sources are read")
+    return {}
+
+
+def _capped(f: Any, max_bytes: int, uri: str) -> bytes:
+    with f:
+        size = getattr(f, "size", None)
+        if isinstance(size, int) and size > max_bytes:  # s3: known from the listing, nothing downloaded
+            raise SourceTooLarge(f"{uri}: {size} bytes, more than {max_bytes}")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise SourceTooLarge(f"{uri}: more than {max_bytes} bytes")
+    return data
+
+
+# -- where sources are, and which a recorded sample may name ------------------------------------------
+def source_roots(cfg: CorpusConfig) -> list[str]:
+    """The folders, prefixes and list files ``cfg`` reads sources from (an output must overlap none)."""
+    out = []
+    for spec in cfg.sources:
+        uri = spec.uri
+        if uri.startswith(SAMPLES):
+            from degradations import data_dir
+
+            out.append(str(data_dir()))
+        elif uri.startswith(SHARDS):
+            out.append(uri[len(SHARDS):])
+        else:
+            out.append(_static_root(uri))
+    return out
+
+
+def source_objects(uris: list[str]) -> list[str]:
+    """The files or objects behind listed source URIs (a corpus sample's shard), bundled photos left out."""
+    return [u[len(SHARD_ITEM):].rpartition("#")[0] if u.startswith(SHARD_ITEM) else u
+            for u in uris if not u.startswith(SAMPLES)]
+
+
+def _static_root(uri: str) -> str:
+    """A folder, prefix or file URI without its glob part (``/data/**/*.png`` -> ``/data``)."""
+    if is_remote(uri):
+        return uri
+    parts = uri.removeprefix("file://").split("/")
+    for i, part in enumerate(parts):
+        if any(c in part for c in "*?["):
+            return "/".join(parts[:i]) or "/"
+    return "/".join(parts)
+
+
+def check_recorded(uri: str, specs: list[SourceSpec], storage_options: dict[str, Any] | None = None) -> None:
+    """Raise :class:`SourceError` unless a build from ``specs`` could have read ``uri``: a bundled photo, a file
+    under a configured folder, glob or prefix, a line of a configured list file, or a sample of a configured
+    corpus. A sample's json names its source; that name is data, and is read only when it checks out here."""
+    if uri.startswith(SAMPLES):
+        sample_file(uri)
+        return
+    for spec in specs:
+        if _under(uri, spec, storage_options or {}):
+            return
+    raise SourceError(f"{uri}: not under any source of this corpus' config ({[s.uri for s in specs]}); "
+                      "refusing to read it")
+
+
+def _under(uri: str, spec: SourceSpec, opts: dict[str, Any]) -> bool:
+    root = spec.uri
+    if root.startswith(SAMPLES):
+        return False
+    if root.startswith(SHARDS):
+        if not uri.startswith(SHARD_ITEM):
+            return False
+        from pipelines.read import load_manifest, shard_urls
+
+        corpus = root[len(SHARDS):]
+        url, _, name = uri[len(SHARD_ITEM):].rpartition("#")
+        so = opts if corpus.startswith("s3://") else {}
+        return name.endswith("." + spec.member) and url in shard_urls(corpus, load_manifest(corpus, so))
+    if root.endswith((".jsonl", ".parquet")):
+        return uri in set(_list_file(root, spec.column, opts))
+    if not uri.lower().endswith(tuple(e.lower() for e in spec.extensions)):
+        return False
+    if root.startswith("s3://"):
+        prefix = root.rstrip("/") + "/"
+        try:
+            return uri.startswith(prefix) and bool(inside(uri[len(prefix):]))
+        except StorageError:
+            return False
+    return not is_remote(uri) and contains(_static_root(root), uri)

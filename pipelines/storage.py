@@ -3,8 +3,9 @@
 Every write is a *commit*: the object appears complete or not at all. Locally that
 is a write to a temp name in the same folder followed by an atomic rename; on S3 a
 single PUT (or a completed multipart upload; s3fs aborts a failed one, and
-:meth:`Store.abort_stale_uploads` clears any left by a killed process). Transient
-errors (S3 5xx, refused connections) are retried with backoff.
+:meth:`Store.clean_temps` clears those a killed process left of names the caller owns).
+Transient errors (S3 5xx, refused connections) are retried with backoff. Nothing here
+deletes a name the caller did not give it.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +29,8 @@ from pipelines.config import S3Config
 
 T = TypeVar("T")
 TMP_MARK = ".tmp-"
+#: ``<name>.tmp-<8 hex>``: the one temp name :meth:`Store.write` uses (group 1 is the name it stands for).
+TEMP_RE = re.compile(r"^(.+)\.tmp-[0-9a-f]{8}$")
 COMMITS = "_commits"
 BUILD_STATE = "_build.json"
 LAST = "omnilv.json"  # an export is complete once this is there (training.model.export.META)
@@ -64,6 +68,20 @@ def join(base: str | Path, *names: str) -> str:
     base = str(base)
     root = base.rstrip("/") if is_remote(base) else os.path.abspath(base.removeprefix("file://"))
     return "/".join([root, *(inside(n) for n in names)])
+
+
+def location(path: str | Path) -> str:
+    """A comparable form of a folder or object: an ``s3://`` URL without trailing slash, or a real local path."""
+    path = str(path)
+    if is_remote(path):
+        return path.rstrip("/")
+    return os.path.realpath(path.removeprefix("file://"))
+
+
+def contains(outer: str | Path, inner: str | Path) -> bool:
+    """Whether ``inner`` is ``outer`` or lies under it (both as :func:`location`: symlinks resolved)."""
+    o, i = location(outer), location(inner)
+    return i == o or i.startswith(o.rstrip("/") + "/")
 
 
 def filesystem(url: str) -> Any:
@@ -180,7 +198,11 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 8, first_delay:
 
 
 class Store:
-    """A corpus root (local folder or ``s3://bucket/prefix``) with atomic writes."""
+    """A corpus root (local folder or ``s3://bucket/prefix``) with atomic writes.
+
+    Names are relative to the root and must stay inside it (:func:`inside`). Nothing here deletes a file unless
+    the caller names it: :meth:`remove` takes names, :meth:`clean_temps` only temps of names the caller owns.
+    """
 
     def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
         self.root = root.rstrip("/") if "://" in root else os.path.abspath(root.removeprefix("file://"))
@@ -189,11 +211,10 @@ class Store:
         # A private instance without listing caches: resume decisions must see the bucket as it is now.
         extra = {"skip_instance_cache": True, "use_listings_cache": False} if self.is_s3 else {}
         self.fs = fsspec.filesystem("s3" if self.is_s3 else "file", **self.options, **extra)
-        if not self.is_s3:
-            os.makedirs(self.root, exist_ok=True)
+        # A local root is made by the first write, not here: a refused output is left as it was.
 
     def path(self, name: str) -> str:
-        return f"{self.root}/{name}"
+        return f"{self.root}/{inside(name, self.root + ': name')}"
 
     def url(self, name: str) -> str:
         return self.path(name)
@@ -221,7 +242,7 @@ class Store:
             with_retries(lambda: self.fs.pipe_file(target, data), f"upload {target}")
             return
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        tmp = f"{target}{TMP_MARK}{uuid.uuid4().hex[:8]}"
+        tmp = f"{target}{TMP_MARK}{uuid.uuid4().hex[:8]}"  # matches TEMP_RE: clean_temps knows whose it is
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
@@ -234,15 +255,16 @@ class Store:
 
     def list(self, prefix: str = "") -> list[str]:
         """Names (relative to the root) of the objects under ``prefix``."""
-        base = self.path(prefix).rstrip("/")
+        base = (self.path(prefix) if prefix else self.root).rstrip("/")
         try:
             found = with_retries(lambda: self.fs.find(base), f"list {base}")
         except FileNotFoundError:
             return []
         root = self.root.removeprefix("s3://") if self.is_s3 else self.root
-        return sorted(p[len(root) + 1:] for p in found)
+        return sorted(p[len(root) + 1:] for p in found if p.startswith(root + "/"))
 
-    def remove(self, names: list[str]) -> None:
+    def remove(self, names: Iterable[str]) -> None:
+        """Delete exactly these names (missing ones are fine)."""
         for name in names:
             with contextlib.suppress(FileNotFoundError):
                 with_retries(lambda n=name: self.fs.rm_file(self.path(n)), f"delete {self.path(name)}")
@@ -251,24 +273,65 @@ class Store:
         """Whether a corpus build has written here (its build state or commit records)."""
         return self.exists(BUILD_STATE) or bool(self.list(COMMITS))
 
-    def clean_temps(self) -> int:
-        """Delete temp files a killed writer left (local) and stale multipart uploads (S3)."""
+    def refuse_unsafe(self, sources: Iterable[str] = (), objects: Iterable[str] = ()) -> None:
+        """Refuse an output no corpus tool may write into: the filesystem root, the home folder (or a folder
+        holding it), a bucket root, and a folder that holds a source or lies inside one. ``sources``: the folders,
+        prefixes or files the job reads from (symlinks resolved); ``objects``: the listed sources themselves
+        (possibly millions: compared as normalised paths)."""
         if self.is_s3:
-            return self.abort_stale_uploads()
-        stale = [n for n in self.list() if TMP_MARK in n]
+            bucket, _, prefix = self.root.removeprefix("s3://").partition("/")
+            if not prefix.strip("/"):
+                raise StorageError(f"{self.root} is a bucket root; write under a prefix of its own, e.g. "
+                                   f"s3://{bucket}/corpus")
+        else:
+            home = os.path.realpath(os.path.expanduser("~"))
+            if location(self.root) == "/" or contains(self.root, home):
+                raise StorageError(f"{self.root} is the filesystem root or holds the home folder {home}; "
+                                   "write into a folder of its own, e.g. ~/corpora/NAME")
+        for src in sources:
+            if contains(self.root, src) or contains(src, self.root):
+                raise StorageError(f"output {self.root} and source {src} overlap (one holds the other); "
+                                   "write into a folder outside every source")
+        outs = {location(self.root), self.root}  # real and as written: a listing may give either
+        for obj in objects:
+            where = obj.rstrip("/") if is_remote(obj) else os.path.abspath(obj.removeprefix("file://"))
+            if any(where == out or where.startswith(out.rstrip("/") + "/") for out in outs):
+                raise StorageError(f"output {self.root} holds the source {obj}; write into a folder outside every "
+                                   "source")
+
+    def clean_temps(self, owned: Callable[[str], bool] | Collection[str]) -> int:
+        """Delete what a killed writer of ``owned`` names left: ``<name>.tmp-<8 hex>`` files (local), incomplete
+        multipart uploads of those names (S3). Temps of any other name, ours or not, are left alone."""
+        mine = owned if callable(owned) else set(owned).__contains__
+        if self.is_s3:
+            return self.abort_stale_uploads(mine)
+        stale = [n for n in self.list() if (m := TEMP_RE.match(n)) and mine(m.group(1))]
         self.remove(stale)
         return len(stale)
 
-    def abort_stale_uploads(self) -> int:
-        """Abort incomplete multipart uploads under this prefix (a killed upload leaves hidden parts)."""
+    def abort_stale_uploads(self, owned: Callable[[str], bool]) -> int:
+        """Abort incomplete multipart uploads of the ``owned`` names under this prefix (a killed upload leaves
+        hidden parts). Another program's upload, under this prefix or a sibling such as ``corpus-v2/``, is
+        never touched, and a bucket root is never scanned."""
         bucket, _, prefix = self.root.removeprefix("s3://").partition("/")
-        resp = with_retries(lambda: self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix),
-                            f"list uploads under {self.root}")
-        uploads = resp.get("Uploads", [])
-        for up in uploads:
+        prefix = prefix.strip("/")
+        if not prefix:
+            return 0
+        mine, marker = [], {}
+        while True:
+            resp = with_retries(lambda m=dict(marker): self.fs.call_s3(
+                "list_multipart_uploads", Bucket=bucket, Prefix=prefix + "/", **m), f"list uploads under {self.root}")
+            for up in resp.get("Uploads", []):
+                name = up["Key"].removeprefix(prefix + "/")
+                if up["Key"].startswith(prefix + "/") and _plain(name) and owned(name):
+                    mine.append(up)
+            if not resp.get("IsTruncated"):
+                break
+            marker = {"KeyMarker": resp["NextKeyMarker"], "UploadIdMarker": resp["NextUploadIdMarker"]}
+        for up in mine:
             with_retries(lambda u=up: self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=u["Key"],
                                                       UploadId=u["UploadId"]), f"abort upload {up['Key']}")
-        return len(uploads)
+        return len(mine)
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist (handy on a fresh endpoint; a no-op locally)."""
@@ -280,3 +343,12 @@ class Store:
         region = self.options.get("client_kwargs", {}).get("region_name")
         kw = {"CreateBucketConfiguration": {"LocationConstraint": region}} if region not in (None, "us-east-1") else {}
         with_retries(lambda: self.fs.call_s3("create_bucket", Bucket=bucket, **kw), f"create bucket {bucket}")
+
+
+def _plain(name: str) -> bool:
+    """Whether a listed name stays inside its root (see :func:`inside`), without raising."""
+    try:
+        inside(name)
+    except StorageError:
+        return False
+    return True

@@ -25,6 +25,13 @@ from pipelines.schema import SCHEMA_VERSION, Sample, sample_key
 #: Reason codes a skipped source can get (the report lists counts per code).
 REASONS = ("empty", "not_image", "truncated", "too_large", "too_small", "unreadable", "synth_error")
 _EXIF_ORIENTATION = 0x0112
+#: Decoded sources a shard task keeps for reuse as exemplars, at most (besides the ones in use).
+CACHE_BYTES = 512 * 2**20
+#: A shard task's peak per source pixel (decode, orientation, float conversion and resize of an 8-bit RGB(A)
+#: photo, plus an exemplar held beside it), measured in tests/pipelines/test_corpus_memory.py with margin.
+PEAK_BYTES_PER_PIXEL = 20
+#: A shard task's own footprint before any source (Python, NumPy, OpenCV, PIL, the plugins).
+TASK_BASE_BYTES = 512 * 2**20
 
 
 class Reject(Exception):
@@ -37,11 +44,11 @@ class Reject(Exception):
 
 @dataclass
 class Clean:
-    """A decoded source: float32 RGB [0, 1] after orientation and resize, plus provenance."""
+    """A decoded source (after orientation and resize; crops convert to float32 RGB [0, 1]) plus provenance."""
 
     uri: str
     sha256: str
-    image: np.ndarray
+    image: Pixels
     orig_size: tuple[int, int]  # (H, W) as decoded, after EXIF orientation
 
 
@@ -52,23 +59,91 @@ def sample_rng(seed: int, source_id: str, variant: int, stream: str = "sample") 
 
 
 # -- decode / validate / convert -----------------------------------------------------------------
+#: The formats a corpus source may be; every other one PIL knows (EPS runs Ghostscript, PDF, PSD, …) is refused
+#: before its codec runs.
+FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")
+
+
+@dataclass
+class Pixels:
+    """A decoded source kept in its own dtype (H, W, C after orientation) plus how a crop of it becomes float32
+    RGB in [0, 1]. Every conversion works pixel by pixel, so converting a crop gives the very values cropping the
+    converted image would, and a held source costs 3–8 bytes per pixel instead of 12."""
+
+    raw: np.ndarray
+    kind: str  # "rgb8" (RGB or RGBA uint8), "bgr16" (OpenCV's 16-bit BGR(A)), "grey" (÷ scale), "float" (as is)
+    scale: float = 1.0
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.raw.shape[0], self.raw.shape[1], 3)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.raw.nbytes)
+
+    def crop(self, box: list[int]) -> np.ndarray:
+        top, left, h, w = box
+        return self.convert(self.raw[top:top + h, left:left + w])
+
+    def full(self, band: int = 1 << 20) -> np.ndarray:
+        """The whole image as float32 RGB, converted in bands of rows (about ``band`` pixels each), so the
+        conversion's temporaries stay small beside the one output buffer."""
+        if self.kind == "float":
+            return self.raw
+        h, w = self.raw.shape[:2]
+        out = np.empty((h, w, 3), np.float32)
+        rows = max(1, band // max(1, w))
+        for top in range(0, h, rows):
+            out[top:top + rows] = self.convert(self.raw[top:top + rows])
+        return out
+
+    def convert(self, raw: np.ndarray) -> np.ndarray:
+        if self.kind == "float":
+            return np.ascontiguousarray(raw, dtype=np.float32)
+        if self.kind == "grey":
+            arr = np.clip(_divided(raw[..., 0], self.scale), 0, 1)
+            return np.ascontiguousarray(np.repeat(arr[..., None], 3, axis=2))
+        arr = _divided(raw, self.scale)
+        if self.kind == "bgr16":
+            rgb = np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr[..., [2, 1, 0]]
+        else:
+            rgb = arr[..., :3]
+        return _composite(rgb, arr[..., 3:4] if arr.shape[2] == 4 else None)
+
+
+def _divided(raw: np.ndarray, scale: float) -> np.ndarray:
+    """``raw / float32(scale)`` as float32, in one buffer (the same values as the two-buffer expression)."""
+    arr = raw.astype(np.float32)
+    return np.divide(arr, np.float32(scale), out=arr)
+
+
 def decode_image(data: bytes, geo: GeometryConfig) -> tuple[np.ndarray, tuple[int, int]]:
     """Source bytes → float32 RGB in [0, 1] (oriented, resized per ``geo``), or :class:`Reject`."""
+    pixels, orig = decode_pixels(data, geo)
+    return pixels.full(), orig
+
+
+def decode_pixels(data: bytes, geo: GeometryConfig) -> tuple[Pixels, tuple[int, int]]:
+    """Source bytes → :class:`Pixels` (oriented, resized per ``geo``) and the oriented size, or :class:`Reject`.
+
+    Only :data:`FORMATS` are opened, and the header's size is checked against ``geo.max_pixels`` before a pixel
+    is decoded."""
     if not data:
         raise Reject("empty")
     try:
         with warnings.catch_warnings():
             # our own max_pixels check below decides; PIL still refuses (raises) above twice its own limit
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(io.BytesIO(data), formats=FORMATS)
             w, h = im.size
             if w * h > geo.max_pixels:
                 raise Reject("too_large", f"{w}x{h} exceeds max_pixels={geo.max_pixels}")
             im.load()  # a truncated file raises here, before any pixel is used
     except Reject:
         raise
-    except (UnidentifiedImageError, SyntaxError) as exc:
-        raise Reject("not_image", str(exc)) from None
+    except (UnidentifiedImageError, SyntaxError):
+        raise Reject("not_image", f"not one of the source formats {', '.join(FORMATS)}") from None
     except Image.DecompressionBombError as exc:
         raise Reject("too_large", str(exc)) from None
     except OSError as exc:
@@ -77,44 +152,57 @@ def decode_image(data: bytes, geo: GeometryConfig) -> tuple[np.ndarray, tuple[in
     except Exception as exc:  # noqa: BLE001 - a codec bug on a hostile file must not kill the shard
         raise Reject("unreadable", f"{type(exc).__name__}: {exc}") from None
     try:
-        rgb = _orient(_to_rgb(im, data), im.getexif().get(_EXIF_ORIENTATION, 1))
+        orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+        pixels = _pixels(im, data)
+        pixels.raw = _orient(pixels.raw, orientation)
     except Exception as exc:  # noqa: BLE001 - e.g. a corrupt EXIF block or an exotic mode
         raise Reject("unreadable", f"{type(exc).__name__}: {exc}") from None
-    orig = rgb.shape[:2]
-    rgb = _resize_short(rgb, geo.resize_short)
-    if min(rgb.shape[:2]) < geo.min_size:
-        raise Reject("too_small", f"{rgb.shape[1]}x{rgb.shape[0]} below min_size={geo.min_size}")
-    return rgb, orig
+    finally:
+        im.close()
+    orig = pixels.raw.shape[:2]
+    if geo.resize_short and min(orig) != geo.resize_short:
+        full = pixels.full()
+        del pixels  # the resize reads the float image only
+        pixels = Pixels(_resize_short(full, geo.resize_short), "float")
+    if min(pixels.shape[:2]) < geo.min_size:
+        raise Reject("too_small", f"{pixels.shape[1]}x{pixels.shape[0]} below min_size={geo.min_size}")
+    return pixels, orig
 
 
-def _to_rgb(im: Image.Image, data: bytes) -> np.ndarray:
-    """Any PIL mode → float32 RGB; 16-bit kept at full precision, alpha composited on white."""
+def _pixels(im: Image.Image, data: bytes) -> Pixels:
+    """Any PIL mode → :class:`Pixels`; 16-bit kept at full precision, alpha composited on white when converted."""
     if im.format == "PNG" and data[12:16] == b"IHDR" and data[24] == 16:
         # PIL reduces 16-bit RGB(A) PNGs to 8 bits; OpenCV keeps all 16 (IHDR byte 24 is the bit depth).
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
         if arr is not None and arr.dtype == np.uint16:
-            if arr.ndim == 2:
-                arr = arr[..., None]
-            arr = arr.astype(np.float32) / np.float32(65535.0)
-            rgb = np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr[..., [2, 1, 0]]
-            alpha = arr[..., 3:4] if arr.shape[2] == 4 else None
-            return _composite(rgb, alpha)
+            return Pixels(arr[..., None] if arr.ndim == 2 else arr, "bgr16", 65535.0)
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(im, dtype=np.float32)
-        arr = arr / np.float32(65535.0 if arr.max(initial=0) > 255 or "16" in im.mode else 255.0)
-        return np.ascontiguousarray(np.repeat(np.clip(arr, 0, 1)[..., None], 3, axis=2))
+        arr = _array(im)
+        return Pixels(arr[..., None], "grey", 65535.0 if arr.max(initial=0) > 255 or "16" in im.mode else 255.0)
     if im.mode == "F":
-        arr = np.clip(np.asarray(im, dtype=np.float32), 0, 1)
-        return np.ascontiguousarray(np.repeat(arr[..., None], 3, axis=2))
+        return Pixels(np.clip(np.asarray(im, dtype=np.float32), 0, 1)[..., None].repeat(3, axis=2), "float")
     has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
-    im = im.convert("RGBA" if has_alpha else "RGB")  # CMYK, YCbCr, L, 1, P -> RGB
-    arr = np.asarray(im, dtype=np.float32) / np.float32(255.0)
-    return _composite(arr[..., :3], arr[..., 3:4] if has_alpha else None)
+    mode = "RGBA" if has_alpha else "RGB"  # CMYK, YCbCr, L, 1, P -> RGB
+    return Pixels(_array(im if im.mode == mode else im.convert(mode)), "rgb8", 255.0)
+
+
+def _array(im: Image.Image, block: int = 1 << 22) -> np.ndarray:
+    """``np.asarray(im)`` in bands of about ``block`` bytes: PIL's whole-image ``tobytes`` would hold two more
+    copies of the image at once."""
+    w, h = im.size
+    first = np.asarray(im.crop((0, 0, w, 1)))
+    out = np.empty((h, *first.shape[1:]), first.dtype)
+    rows = max(1, block // max(1, first.nbytes))
+    for top in range(0, h, rows):
+        out[top:top + rows] = np.asarray(im.crop((0, top, w, min(h, top + rows))))
+    return out
 
 
 def _composite(rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
     if alpha is not None:
-        rgb = rgb * alpha + (1.0 - alpha)  # transparent pixels become white, not black garbage
+        out = rgb * alpha
+        out += 1.0 - alpha  # transparent pixels become white, not black garbage
+        return out
     return np.ascontiguousarray(rgb, dtype=np.float32)
 
 
@@ -139,7 +227,7 @@ def _resize_short(img: np.ndarray, short: int) -> np.ndarray:
 
 def load_clean(uri: str, data: bytes, geo: GeometryConfig) -> Clean:
     """Decode a fetched source into a :class:`Clean` (raises :class:`Reject`)."""
-    img, orig = decode_image(data, geo)
+    img, orig = decode_pixels(data, geo)
     return Clean(uri, hashlib.sha256(data).hexdigest(), img, orig)
 
 
@@ -152,7 +240,10 @@ def crop_box(shape: tuple[int, ...], geo: GeometryConfig, rng: np.random.Generat
     return [int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1)), size, size]
 
 
-def cut(img: np.ndarray, box: list[int]) -> np.ndarray:
+def cut(img: np.ndarray | Pixels, box: list[int]) -> np.ndarray:
+    """The float32 crop ``box`` of a decoded image or of :class:`Pixels` (converting only the crop)."""
+    if isinstance(img, Pixels):
+        return img.crop(box)
     top, left, h, w = box
     return np.ascontiguousarray(img[top:top + h, left:left + w])
 
@@ -187,7 +278,7 @@ def make_sample(task: Task, clean: Clean, variant: int, cfg: CorpusConfig,
     return Sample(meta["key"], syn.input, syn.target, syn.instruction, meta, ref_in, ref_tgt)
 
 
-def rebuild(meta: dict[str, Any], clean_img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def rebuild(meta: dict[str, Any], clean_img: np.ndarray | Pixels) -> tuple[np.ndarray, np.ndarray]:
     """Replay a recorded pair from its decoded (resized) source image."""
     record = {"steps": meta["steps"], "domain": meta["domain"]}
     return replay(record, cut(clean_img, meta["crop"]))
@@ -244,7 +335,7 @@ def generate_shard(cfg: CorpusConfig, job: Any, opts: dict[str, Any],
     """
     from collections import Counter, OrderedDict
 
-    from pipelines.sources import fetch
+    from pipelines.sources import SourceError, SourceTooLarge, fetch
 
     log = logging.getLogger(__name__)
     cache: OrderedDict[str, Clean | Reject] = OrderedDict()
@@ -257,10 +348,14 @@ def generate_shard(cfg: CorpusConfig, job: Any, opts: dict[str, Any],
             item: Clean | Reject = load_clean(uri, fetch(uri, opts), cfg.geometry)
         except Reject as exc:
             item = exc
-        except OSError as exc:  # unreadable source (permissions, vanished object): skip, count
+        except SourceTooLarge as exc:
+            item = Reject("too_large", str(exc))
+        except (OSError, SourceError) as exc:  # unreadable or refused source (permissions, vanished, scheme)
             item = Reject("unreadable", str(exc))
         cache[uri] = item
-        while len(cache) > 4:  # decoded photos are large: keep only the few an exemplar may reuse
+        # Decoded photos are large: keep only the few an exemplar may reuse, within CACHE_BYTES (a reload
+        # costs time, never bytes: decoding is deterministic).
+        while len(cache) > 4 or (len(cache) > 1 and _held(cache) > CACHE_BYTES):
             cache.popitem(last=False)
         return item
 
@@ -292,6 +387,18 @@ def generate_shard(cfg: CorpusConfig, job: Any, opts: dict[str, Any],
     record = {"tasks": dict(sorted(tasks.items())), "rejects": dict(sorted(rejects.items())), "rejected": rejected,
               "sources": len(job.sources)}
     return members, record
+
+
+def _held(cache: dict[str, Clean | Reject]) -> int:
+    return sum(c.image.nbytes for c in cache.values() if isinstance(c, Clean))
+
+
+def task_memory(geo: GeometryConfig) -> int:
+    """Bytes one shard task may hold at its peak, declared to Ray so a node is never oversubscribed: the
+    process itself, one source's bytes and its decode at ``geo.max_pixels``, and the decoded-source cache."""
+    from pipelines.sources import MAX_SOURCE_BYTES
+
+    return int(TASK_BASE_BYTES + MAX_SOURCE_BYTES + geo.max_pixels * PEAK_BYTES_PER_PIXEL + CACHE_BYTES)
 
 
 def _pick_exemplar(pool: tuple[str, ...], uri: str, rng: np.random.Generator, load: Any) -> Clean | None:

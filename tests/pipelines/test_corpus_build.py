@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -107,4 +108,51 @@ def test_bad_input_folder_completes_with_reasons(tmp_path, ray_local):
     assert set(samples) == set(good_inputs())
     assert samples["rotated.jpg"].meta["source_size"] == [64, 48]  # EXIF rotation applied before cropping
     assert all(np.isfinite(s.input).all() and s.input.shape == (32, 32, 3) for s in samples.values())
-    assert res.manifest.extra["rejects"] == {r: 1 for _, r in bad_inputs().values()}
+    assert res.manifest.extra["rejects"] == dict(Counter(r for _, r in bad_inputs().values()))
+
+
+def test_shards_carry_fixed_tar_metadata_and_member_order(reference):
+    """What byte-identity rests on, asserted directly: a wall-clock mtime or the builder's uid would differ on
+    every machine, yet two builds on one machine in one second would still agree."""
+    import tarfile
+
+    from pipelines.read import split_member
+    from pipelines.schema import MEMBERS
+
+    for rec in reference.manifest.shards:
+        with tarfile.open(Path(reference.root) / rec.name) as tar:
+            infos = tar.getmembers()
+            order = [(split_member(i.name)[0], split_member(i.name)[1]) for i in infos]
+            metas = [json.loads(tar.extractfile(i).read()) for i in infos if i.name.endswith(".json")]
+        assert tar.pax_headers == {} and all(i.type == tarfile.REGTYPE for i in infos)
+        assert {(i.mtime, i.uid, i.gid, i.uname, i.gname, i.mode) for i in infos} == {(0, 0, 0, "omnilv", "omnilv",
+                                                                                         0o644)}
+        keys = list(dict.fromkeys(k for k, _ in order))
+        for key in keys:  # each sample's members adjacent, in schema order
+            mine = [m for k, m in order if k == key]
+            assert mine == [m for m in MEMBERS if m in mine]
+            assert order[[k for k, _ in order].index(key):][:len(mine)] == [(key, m) for m in mine]
+        assert [(m["source"], m["variant"]) for m in metas] == sorted((m["source"], m["variant"]) for m in metas)
+
+
+def test_one_percent_corrupt_sources_are_rejected_one_by_one(tmp_path, ray_local):
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(100):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (36, 40, 3), dtype=np.uint8)).save(buf, "PNG")
+        data = buf.getvalue()
+        (src / f"{i:03d}.png").write_bytes(data[: len(data) // 2] if i == 37 else data)  # 1 in 100 cut short
+    cfg = small_config(tmp_path / "out", f"sources=[{{uri: '{src}'}}]", "geometry.crop_size=32",
+                       "geometry.min_size=32", "variants_per_source=1", "output.samples_per_shard=25",
+                       "mixture.tasks={gaussian_noise: 1.0}", "mixture.exemplar_probability=0")
+    res = build_corpus(cfg, progress=False)
+    rejects = res.manifest.extra["rejects"]
+    assert res.manifest.samples + sum(rejects.values()) == 100 and res.manifest.samples == 99
+    report = json.loads(Path(res.report_path).read_text())
+    assert [Path(u).name for u, _ in report["rejected"]] == ["037.png"] and rejects == {"truncated": 1}

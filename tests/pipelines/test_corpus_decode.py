@@ -50,6 +50,11 @@ def bad_inputs() -> dict[str, tuple[bytes, str]]:
         "truncated.jpg": (jpeg_bytes()[: len(jpeg_bytes()) // 2], "truncated"),
         "bomb.png": (png_bomb(40_000, 40_000), "too_large"),
         "tiny.png": (encode(Image.fromarray(photo(16, 16)), "PNG"), "too_small"),
+        # formats PIL knows but a source may not be, under a listed extension: refused before their codec runs
+        # (an EPS would run Ghostscript)
+        "figure.png": (encode(Image.fromarray(photo()), "EPS"), "not_image"),
+        "anim.jpg": (encode(Image.fromarray(photo()), "GIF"), "not_image"),
+        "scan.tif": (encode(Image.fromarray(photo()), "PPM"), "not_image"),
     }
 
 

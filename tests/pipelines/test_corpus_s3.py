@@ -1,8 +1,10 @@
-"""Building to a real S3 endpoint (moto_server on loopback), through a proxy that fails for a while."""
+"""Building to a real S3 endpoint (moto_server on loopback), through a proxy that fails for a while; clean-up and
+the build lease on S3 touch nothing of anybody else."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import subprocess
 import sys
@@ -10,11 +12,13 @@ import threading
 import time
 
 import fsspec
+import pytest
 from corpus_helpers import corpus_files, small_config
 
 from pipelines.build import build_corpus
 from pipelines.inspect import inspect_corpus
-from pipelines.storage import s3_options
+from pipelines.lease import LEASE, Lease, LeaseError
+from pipelines.storage import StorageError, Store, s3_options
 
 SLOW_DOWN = (b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: close\r\nContent-Length: 68\r\n"
              b"\r\n<Error><Code>SlowDown</Code><Message>Please slow down</Message></Error>")
@@ -156,3 +160,46 @@ def test_s3_resume_aborts_stale_multipart_and_cli_inspects(reference, s3_server,
     out = subprocess.run([sys.executable, "-m", "omnilv", "corpus", "inspect", root], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0 and "19 samples" in out.stdout and "OK" in out.stdout, out.stdout + out.stderr
+
+
+def test_s3_cleanup_aborts_only_our_own_stale_uploads(s3_server, ray_local):
+    bucket, root = "corpus-uploads", "s3://corpus-uploads/qs"
+    cfg = small_config(root, "output.samples_per_shard=19", "variants_per_source=1")
+    build_corpus(cfg, progress=False)
+    fs = fsspec.filesystem("s3", **s3_options(), skip_instance_cache=True)
+    for key in ("qs/shard-000000.tar", "qs-v2/shard-000000.tar", "qs/notes.bin"):  # ours, a sibling's, a stranger's
+        up = fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key)
+        fs.call_s3("upload_part", Bucket=bucket, Key=key, PartNumber=1, UploadId=up["UploadId"], Body=b"x" * 1024)
+    again = build_corpus(cfg, progress=False)
+    assert again.skipped == 1
+    left = sorted(u["Key"] for u in pending_uploads(bucket))
+    assert left == ["qs-v2/shard-000000.tar", "qs/notes.bin"]  # ours aborted (0 open), nobody else's touched
+
+
+def test_s3_bucket_root_is_refused(s3_server):
+    with pytest.raises(StorageError, match="bucket root"):
+        build_corpus(small_config("s3://corpus-root", "variants_per_source=1"), progress=False)
+    fs = fsspec.filesystem("s3", **s3_options(), skip_instance_cache=True)
+    assert not fs.exists("corpus-root")  # refused before even the bucket was made
+
+
+def test_s3_lease_is_a_conditional_write(s3_server):
+    store = Store("s3://corpus-lease/qs", s3_options())
+    store.ensure_bucket()
+    a = Lease(store).acquire()
+    with pytest.raises(LeaseError, match="another build"):
+        Lease(store).acquire()
+    fs = fsspec.filesystem("s3", **s3_options(), skip_instance_cache=True)
+    # a plain create of the lease key over a live one is what If-None-Match refuses
+    with pytest.raises(FileExistsError):
+        fs.call_s3("put_object", Bucket="corpus-lease", Key=f"qs/{LEASE}", Body=b"{}", IfNoneMatch="*")
+    stalled = {**json.loads(fs.cat_file(f"corpus-lease/qs/{LEASE}")), "expires": 0}  # as if A stopped renewing
+    fs.pipe_file(f"corpus-lease/qs/{LEASE}", json.dumps(stalled).encode())
+    b = Lease(store).acquire()  # takes over with If-Match on the stale lease's etag
+    a.renew()
+    with pytest.raises(LeaseError, match="lost its lease"):
+        a.check()
+    a.release()
+    assert json.loads(fs.cat_file(f"corpus-lease/qs/{LEASE}"))["token"] == b.record["token"]
+    b.release()
+    assert not fs.exists(f"corpus-lease/qs/{LEASE}")

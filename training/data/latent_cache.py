@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -31,11 +32,13 @@ import fsspec
 import numpy as np
 import ray
 
+from omnilv.errors import OmniLVError
 from pipelines import (
     JSON,
     MANIFEST,
     TXT,
     Manifest,
+    SchemaError,
     ShardRecord,
     SkipLedger,
     Store,
@@ -56,6 +59,11 @@ from training.data.latent_format import (
     canonical_spec,
     npy_bytes,
 )
+
+#: What a cache build writes (and so the only names a rebuild deletes): its shards, latents.json, the manifest and
+#: ``_cache.json``, the mark written first that makes the folder ours.
+CACHE_STATE = "_cache.json"
+CACHE_NAMES = re.compile(r"shard-\d{6}\.tar|latents\.json|manifest\.json|_cache\.json")
 
 
 # -- building ----------------------------------------------------------------------------------------
@@ -236,16 +244,34 @@ def check_specs(text: str, downsample: int, sizes: list[tuple[int, int]]) -> Non
 
 
 def prepare_out(store: Store, corpus: str, overwrite: bool) -> None:
-    """Refuse to write over a corpus or (without ``overwrite``) a cache; clear what a previous build left."""
+    """Make ``store`` ready for a cache build, deleting only what a cache build wrote there.
+
+    Refused: a corpus, an output overlapping the corpus, the filesystem root, the home folder or a bucket root,
+    a folder holding files but no cache of ours (with or without ``overwrite``), and a finished cache without
+    ``overwrite``. ``_cache.json``, written before anything else, marks the folder as ours; a rebuild then
+    removes only :data:`CACHE_NAMES` (and their temps): a user's file beside the cache stays.
+    """
     src = corpus.rstrip("/") if "://" in corpus else os.path.abspath(corpus.removeprefix("file://"))
     if store.root == src or store.holds_corpus():
         raise LatentCacheError(f"{store.root} holds a corpus; write the latent cache to its own folder (--out)")
     if store.exists(MANIFEST):
-        if Manifest.from_json(store.read(MANIFEST).decode()).extra.get("kind") != KIND:
+        try:
+            kind = Manifest.from_json(store.read(MANIFEST).decode(), store.path(MANIFEST)).extra.get("kind")
+        except (SchemaError, UnicodeDecodeError) as exc:
+            raise LatentCacheError(f"{store.root}: unreadable manifest ({exc}); choose another --out") from None
+        if kind != KIND:
             raise LatentCacheError(f"{store.root} holds a corpus; write the latent cache to its own folder (--out)")
         if not overwrite:
             raise LatentCacheError(f"{store.root} already holds a latent cache; pass --overwrite to rebuild it "
                                    "or choose another --out")
-    stale = [n for n in store.list() if n.startswith("shard-") or n == LATENTS_JSON]
-    store.remove([MANIFEST] + stale)  # manifest first: readers stop at once
-    store.clean_temps()
+    elif not store.exists(CACHE_STATE) and (foreign := store.list()):
+        raise LatentCacheError(f"{store.root} is not empty ({len(foreign)} file(s), e.g. {foreign[0]!r}) and holds no "
+                               "latent cache; write the cache to an empty folder (--out)")
+    try:
+        store.refuse_unsafe([corpus])
+    except OmniLVError as exc:
+        raise LatentCacheError(str(exc)) from None
+    mine = [n for n in store.list() if CACHE_NAMES.fullmatch(n) and n != CACHE_STATE]
+    store.remove(sorted(mine, key=lambda n: n != MANIFEST))  # manifest first: readers stop at once
+    store.clean_temps(lambda n: bool(CACHE_NAMES.fullmatch(n)))
+    store.write(CACHE_STATE, json.dumps({"kind": KIND, "corpus": corpus}, sort_keys=True).encode())
