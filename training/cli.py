@@ -7,6 +7,7 @@ stays fast. Errors are the library's: a project error reaches the one boundary i
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Literal
 
@@ -17,12 +18,14 @@ from omnilv.options import Overrides, RayAddress
 CONFIG_HELP = "A config file or a preset name (tiny_stage1, stage1_512, …)."
 CHECKPOINT_HELP = ("An exported model folder or s3:// prefix (omnilv.json + backbone/ + our modules), e.g. "
                    "runs/tiny_stage1/export.")
+DEVICE_HELP = "Where the model runs: cpu, cuda, cuda:N or mps (default: cuda when this machine has it, else cpu)."
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``train``, ``quickstart``, ``cache-latents``, ``restore`` and ``eval`` to the root ``omnilv`` app."""
+    """Add ``train``, ``quickstart``, ``rehearse``, ``cache-latents``, ``restore`` and ``eval`` to the root app."""
     app.command("train")(train_command)
     app.command("quickstart")(quickstart_command)
+    app.command("rehearse")(rehearse_command)
     app.command("cache-latents")(cache_latents_command)
     app.command("restore")(restore_command)
     app.command("eval")(eval_command)
@@ -85,6 +88,35 @@ def quickstart_command(
     typer.echo(f"overall PSNR gain on held-out photos: {gain:+.2f} dB; model exported to {report['export']}")
 
 
+def rehearse_command(
+    out: Path = typer.Option(Path("rehearsal"), "--out", help="Folder for the restored image, the eval report, "
+                                                               "rehearsal.json and the local S3 log."),
+    s3: Literal["config", "local"] = typer.Option("config", "--s3", help="local: serve the configs' s3:// "
+                                                  "buckets from an S3 endpoint on loopback that the command starts "
+                                                  "(moto_server); config: use the S3 the environment points at."),
+    plan_only: bool = typer.Option(False, "--plan-only", help="Print the joints and the size overrides; run "
+                                                               "nothing."),
+) -> None:
+    """Rehearse the production path in miniature before spending GPU-hours on it.
+
+    Runs the production configs as written (corpora production_40m and production_1024; stages stage1_512,
+    stage2_incontext and stage3_1024), changing only a printed set of sizes: the tiny model and encoders, crops an
+    eighth of the size, a few steps on 2 CPU workers. Every corpus path and every stage.init_from comes from the
+    configs, so a joint that does not connect fails here, naming it. Ends with a table of every step (inputs,
+    outputs, loss first -> last, time); exits 2 at the first joint that breaks.
+
+    ```
+    omnilv rehearse --plan-only
+    omnilv rehearse --s3 local
+    ```
+    """
+    from training.rehearse import rehearse
+
+    steps = rehearse(out.absolute(), s3=s3, plan_only=plan_only)
+    if not plan_only:
+        typer.echo(f"rehearsal passed: {len(steps)} steps; details in {out.absolute() / 'rehearsal.json'}")
+
+
 def cache_latents_command(
     config: str = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP + " Its codec, text, data.corpus, "
                                  "data.resolution/buckets, data.use_exemplars and run.seed are used."),
@@ -131,7 +163,9 @@ def cache_latents_command(
                f"latents {res.meta['latent_shapes']}, text {res.meta['text_dim']}-d")
     if res.skipped:
         typer.echo(f"skipped while reading the corpus: {res.skipped}")
-    typer.echo(f"train on it: omnilv train {config} --set data.latents={res.root}")
+    overrides = " ".join(f"--set {shlex.quote(o)}" for o in set_ or ())
+    typer.echo(f"train on it: omnilv train {config} {overrides} --set data.latents={res.root} "
+               f"--set run.name={cfg.run_name}-latents".replace("  ", " "))  # its own run: not the pixel run's
 
 
 def restore_command(
@@ -147,6 +181,7 @@ def restore_command(
     method: Literal["euler", "heun"] | None = typer.Option(None, "--method",
                                                            help="ODE solver (default: the export's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the starting noise."),
+    device: str | None = typer.Option(None, "--device", help=DEVICE_HELP),
 ) -> None:
     """Restore IN into OUT following an instruction (and optionally an exemplar pair).
 
@@ -162,7 +197,7 @@ def restore_command(
         raise typer.BadParameter("--ref-input and --ref-target go together (an exemplar is an input/target pair)")
     img = load_image(input_path)
     refs = (load_image(ref_input), load_image(ref_target)) if ref_input else (None, None)
-    restorer = Restorer.from_export(checkpoint)
+    restorer = Restorer.from_export(checkpoint, device)
     out = restorer.restore(img, instruction, *refs, steps=steps, guidance=guidance, method=method, seed=seed)
     save_image(out, output_path)
     typer.echo(f"wrote {output_path} ({img.shape[1]}x{img.shape[0]})")
@@ -184,6 +219,7 @@ def eval_command(
                                       "musiq_paq2piq_ckpt-364c0c84.pth or musiq_ava_ckpt-e8d3f067.pth), or the folder "
                                       "holding it. Adds MUSIQ, a no-reference quality score (higher is better), of "
                                       "restored and input per task; nothing is downloaded."),
+    device: str | None = typer.Option(None, "--device", help=DEVICE_HELP),
 ) -> None:
     """Score an exported model on a corpus: PSNR and SSIM (and LPIPS with --lpips, MUSIQ with --musiq) per task,
     restored vs target next to input vs target.
@@ -203,7 +239,7 @@ def eval_command(
     with Progress(transient=True) as bar:
         task = bar.add_task("restoring", total=limit)
         results = evaluate(checkpoint, corpus, out, limit=limit, steps=steps, guidance=guidance, seed=seed,
-                           lpips=lpips, musiq=musiq, progress=lambda n: bar.advance(task, n))
+                           lpips=lpips, musiq=musiq, progress=lambda n: bar.advance(task, n), device=device)
     _print_table(results)
     typer.echo(f"report: {out / 'index.html'}")
 

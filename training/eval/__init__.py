@@ -7,6 +7,7 @@ from omnilv.lazy import door
 
 __all__, __getattr__ = door(__name__, {
     "Restorer": ".restore", "load_image": ".restore", "save_image": ".restore", "ImageFileError": ".restore",
+    "DeviceError": ".restore", "resolve_device": ".restore",
     "evaluate": ".corpus_eval", "table_columns": ".corpus_eval",
     "psnr": ".metrics", "ssim": ".metrics",
     "LPIPS": ".lpips", "LpipsError": ".lpips", "MUSIQ": ".musiq", "MusiqError": ".musiq",

@@ -21,20 +21,25 @@ import numpy as np
 from training.eval.lpips import LPIPS
 from training.eval.metrics import psnr, ssim
 from training.eval.musiq import MUSIQ, PATCH
-from training.eval.restore import Restorer, save_image
+from training.eval.restore import Restorer, resolve_device, save_image
 
 SHEET_CELL = 128  # pixels: each image of the sheet is fitted into a square this size
 
 
 def evaluate(checkpoint: str | Path, corpus: str, out_dir: str | Path, *, limit: int | None = None,
              steps: int | None = None, guidance: float | None = None, seed: int = 0, lpips: str | Path | None = None,
-             musiq: str | Path | None = None, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Restore up to ``limit`` corpus samples, score them, write the report; returns the results dict."""
+             musiq: str | Path | None = None, progress: Callable[[int], None] | None = None,
+             device: str | None = None) -> dict[str, Any]:
+    """Restore up to ``limit`` corpus samples, score them, write the report; returns the results dict.
+
+    The model runs on ``device`` (default: CUDA when present, else CPU); the metrics run on CPU."""
     from pipelines import ReadStats, iter_samples
 
-    perceptual = LPIPS.from_folder(lpips) if lpips else None  # before the slow part: bad weights fail fast
+    # Before the slow part: a device this machine lacks, or bad metric weights, fail fast.
+    device = resolve_device(device)
+    perceptual = LPIPS.from_folder(lpips) if lpips else None
     quality = MUSIQ.from_path(musiq) if musiq else None
-    restorer = Restorer.from_export(checkpoint)
+    restorer = Restorer.from_export(checkpoint, device)
     stats, skipped = ReadStats(), Counter()
     scores: dict[str, list[dict[str, float]]] = defaultdict(list)
     examples: dict[str, tuple[list[np.ndarray | None], str]] = {}
@@ -67,7 +72,8 @@ def evaluate(checkpoint: str | Path, corpus: str, out_dir: str | Path, *, limit:
             progress(1)
     results = summarize(scores)
     results.update(checkpoint=str(checkpoint), corpus=str(corpus), samples=sum(len(v) for v in scores.values()),
-                   skipped={**dict(skipped), **dict(stats.skipped)}, sampler=restorer.meta.get("sampler", {}))
+                   skipped={**dict(skipped), **dict(stats.skipped)}, sampler=restorer.meta.get("sampler", {}),
+                   device=str(device))
     write_report(results, examples, Path(out_dir))
     return results
 

@@ -27,6 +27,34 @@ class ImageFileError(OmniLVError, ValueError):
     """An image file is missing or unreadable; the message names it."""
 
 
+class DeviceError(OmniLVError, ValueError):
+    """The device asked for is not one this machine can run the model on; the message says which ones it has."""
+
+
+def resolve_device(name: str | torch.device | None = None) -> torch.device:
+    """``name`` (``cpu``, ``cuda``, ``cuda:1``, ``mps``) checked against this machine; None: CUDA when present."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"{name!r} is not a device name; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise DeviceError(f"{name}: this machine has no CUDA device that torch can use "
+                              f"(torch {torch.__version__}); use --device cpu")
+        if (device.index or 0) >= count:
+            raise DeviceError(f"{name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+        return device
+    backend = getattr(torch.backends, device.type, None) or getattr(torch, device.type, None)
+    if device.type != "meta" and backend is not None and getattr(backend, "is_available", lambda: False)():
+        return device
+    raise DeviceError(f"{name}: not a device this machine can restore images on; use cpu or cuda")
+
+
 def load_image(path: str | Path) -> np.ndarray:
     """An image file -> float32 RGB (H, W, 3) in [0, 1] (16-bit PNGs keep their precision)."""
     from PIL import Image, UnidentifiedImageError
@@ -79,8 +107,13 @@ class Restorer:
     meta: dict[str, Any]
 
     @classmethod
-    def from_export(cls, folder: str | Path, device: str = "cpu") -> Restorer:
-        return cls(*load_exported(folder, device))
+    def from_export(cls, folder: str | Path, device: str | torch.device | None = None) -> Restorer:
+        """Load an export onto ``device`` (default: CUDA when present, else CPU), checked before anything loads."""
+        return cls(*load_exported(folder, resolve_device(device)))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.flow.parameters()).device
 
     @property
     def multiple(self) -> int:
@@ -94,8 +127,7 @@ class Restorer:
         """Restored (H, W, 3) image in [0, 1], the same size as ``img``."""
         if (ref_input is None) != (ref_target is None):
             raise ValueError("a visual prompt needs both ref_input and ref_target")
-        defaults = self.meta.get("sampler", {})
-        device = next(self.flow.parameters()).device
+        defaults, device = self.meta.get("sampler", {}), self.device
         H, W = img.shape[:2]
         m = self.multiple
         pad = (0, (-W) % m, 0, (-H) % m)  # right/bottom, so cropping back is a slice

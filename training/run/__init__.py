@@ -14,4 +14,5 @@ __all__, __getattr__ = door(__name__, {
     "MARKER": ".checkpoint", "is_complete": ".checkpoint", "resume_plan": ".checkpoint",
     "committed_step": ".checkpoint",
     "build_flow": ".assemble",
+    "absolute": ".record", "check_rerun": ".record",
 })

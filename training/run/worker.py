@@ -1,7 +1,6 @@
-"""``train_loop_per_worker``: one DeepSpeed engine per Ray Train worker, in the shape of Ray's DeepSpeed example.
-
-Set up, resume, :meth:`Loop.train` (passes over the shard) -> :meth:`Loop.train_step` (one optimizer step) ->
-:meth:`Loop.forward_backward_step`, export; checkpoints, TensorBoard, export and the model have modules of their own.
+"""``train_loop_per_worker``: one DeepSpeed engine per Ray Train worker, in the shape of Ray's DeepSpeed example:
+set up, resume, :meth:`Loop.train` (passes) -> :meth:`Loop.train_step` (one optimizer step) ->
+:meth:`Loop.forward_backward_step`, export. Checkpoints, TensorBoard, export and model live in modules of their own.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from typing import Any
 import ray.train
 import torch
 
+from pipelines import ConfigError
 from training.config import TrainConfig
 from training.data import Prepare, iter_batches
 from training.run import checkpoint
@@ -36,7 +36,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     params = [p for p in flow.parameters() if p.requires_grad]
     engine, *_ = deepspeed.initialize(model=flow, model_parameters=params, config=deepspeed_config(cfg, world))
     new_ema = (lambda: RankEMA(engine.module, cfg.optim.ema_decay, rank=rank, world=world,
-                               zero3=cfg.deepspeed.zero_stage == 3)) if cfg.optim.ema_decay else None
+                               zero3=cfg.deepspeed.zero_stage == 3, optimizer=engine.optimizer)) \
+        if cfg.optim.ema_decay else None
     step, ema = checkpoint.resume(engine, world, new_ema)
     loop = Loop(cfg, engine, Prepare(codec.to(device), text.to(device), device, cfg.data.use_exemplars), rank,
                 ema=ema, step=step, driver=loop_config)
@@ -77,11 +78,11 @@ class Loop:
                 ray.get(self.ledger.set_epoch.remote(self.epoch))
             self.extra["epoch"] = self.epoch
             batches = iter(iter_batches(ray.train.get_dataset_shard(name), cfg.data.batch_size, len(cfg.data.sizes)))
-            stepped = False
+            micro = self.micro
             while self.step < cfg.schedule.steps and self.train_step(batches):
-                stepped = True
-            if not stepped and name == "train":  # (an epoch's rest may well be under one batch per worker)
-                raise RuntimeError(f"{cfg.data.latents or cfg.data.corpus}: this worker's dataset shard has no full "
+                pass
+            if self.micro == micro and name == "train":  # (an epoch's rest may well be under one batch per worker)
+                raise ConfigError(f"{cfg.data.latents or cfg.data.corpus}: this worker's dataset shard has no full "
                                    f"batch of {cfg.data.batch_size}; the corpus is too small for {cfg.run.workers} "
                                    "worker(s)")
             name, self.epoch = "train", self.epoch + 1

@@ -39,6 +39,39 @@ def test_precision_clipping_optimizer_and_warmup():
     assert "scheduler" not in deepspeed_config(cfg())
 
 
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_gpu_runs_take_deepspeeds_own_zero_defaults(stage):
+    """No overlap_comm, contiguous-gradient or persistence-threshold overrides on GPU: DeepSpeed's parser resolves
+    them to its defaults (overlap on for ZeRO-3; biases and norms under 1e5 elements stay whole)."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    c = cfg(deepspeed={"zero_stage": stage, "precision": "bf16"}, run={"use_gpu": True, "workers": 1})
+    zero = deepspeed_config(c)["zero_optimization"]
+    assert set(zero) <= {"stage", "stage3_gather_16bit_weights_on_model_save"}
+    parsed = DeepSpeedConfig(deepspeed_config(c)).zero_config
+    assert parsed.overlap_comm == (stage == 3) and parsed.contiguous_gradients
+    assert parsed.param_persistence_threshold == 100_000
+
+
+def test_cpu_runs_keep_only_what_cpu_needs():
+    z2 = deepspeed_config(cfg(deepspeed={"zero_stage": 2}))["zero_optimization"]
+    z3 = deepspeed_config(cfg(deepspeed={"zero_stage": 3}))["zero_optimization"]
+    assert z2 == {"stage": 2, "contiguous_gradients": False}  # an extra copy per step on CPU, nothing gained
+    assert z3["stage3_param_persistence_threshold"] == 0  # tiny models: else no parameter is ever partitioned
+    assert "overlap_comm" not in z2 and "overlap_comm" not in z3
+
+
+@pytest.mark.parametrize(("stage", "precision", "accum"), [
+    (0, "bf16", None), (1, "bf16", "fp32"), (2, "bf16", "fp32"), (3, "bf16", "fp32"), (3, "fp32", None)])
+def test_bf16_gradients_accumulate_in_fp32_where_deepspeed_allows(stage, precision, accum):
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    c = cfg(deepspeed={"zero_stage": stage, "precision": precision}, optim={"grad_accum": 4}, run={"workers": 1})
+    ds = deepspeed_config(c)
+    assert ds.get("data_types", {}).get("grad_accum_dtype") == accum  # ZeRO-0 + bf16 + fp32: DeepSpeed refuses
+    assert DeepSpeedConfig(ds).grad_accum_dtype == accum
+
+
 def test_offload():
     ds = deepspeed_config(cfg(deepspeed={"zero_stage": 3, "offload_optimizer": True, "offload_params": True}))
     assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
@@ -69,3 +102,4 @@ def test_shipped_configs_validate(tmp_path, monkeypatch):
         if name.startswith("stage"):
             assert c.run.use_gpu and c.deepspeed.precision == "bf16" and c.model.preset == "2b"
             assert c.data.corpus.startswith("s3://")
+            assert deepspeed_config(c)["data_types"] == {"grad_accum_dtype": "fp32"}

@@ -42,6 +42,13 @@ def ema_shares(ckpt: Path) -> list[dict[str, torch.Tensor]]:
     return [{k.removeprefix("net."): v for k, v in share.items()} for share in shares]  # FlowMatching.net.*
 
 
+def ema_average(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's EMA joined from every rank's share, by the network's parameter names."""
+    from training.run.ema import read_average
+
+    return {k.removeprefix("net."): v for k, v in read_average(ckpt).items()}  # FlowMatching.net.*
+
+
 def test_zero2_two_workers_learn_checkpoint_and_export(stage1):
     cfg, res = stage1
     m = res.metrics
@@ -57,8 +64,9 @@ def test_zero2_two_workers_learn_checkpoint_and_export(stage1):
     assert list((Path(cfg.run.storage_path) / "s1" / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_zero2_ema_is_sharded_round_robin_and_exported(stage1):
-    """Each rank averages its own parameters; the export holds the union of the shares, not the raw weights."""
+def test_zero2_ema_is_sharded_by_fp32_partition_and_exported(stage1):
+    """Each rank averages the pieces of the fp32 masters in its ZeRO partition; the export holds the joined average,
+    not the raw weights."""
     import json
 
     from training.model.export import load_network
@@ -66,13 +74,14 @@ def test_zero2_ema_is_sharded_round_robin_and_exported(stage1):
     _, res = stage1
     shares = ema_shares(Path(res.checkpoint))
     assert len(shares) == 2 and all(shares)
-    assert not set(shares[0]) & set(shares[1]), "ranks averaged the same parameter twice"
     net = load_network(res.export)
     trainable = {n: p for n, p in net.named_parameters() if p.requires_grad}
-    assert set(shares[0]) | set(shares[1]) == set(trainable)
-    for share in shares:
-        for name, value in share.items():
-            torch.testing.assert_close(trainable[name], value, rtol=0, atol=0)
+    held = sum(v.numel() for share in shares for v in share.values())
+    assert held == sum(p.numel() for p in trainable.values()), "ranks averaged some values twice, or none"
+    average = ema_average(Path(res.checkpoint))
+    assert set(average) == set(trainable)
+    for name, value in average.items():
+        torch.testing.assert_close(trainable[name], value, rtol=0, atol=0)
     meta = json.loads((Path(res.export) / "omnilv.json").read_text())
     assert meta["weights"] == "ema" and meta["ema"] == {"decay": 0.9, "updates": 4}
 
@@ -89,7 +98,7 @@ def test_bf16_zero2_learns_and_exports_the_fp32_ema(ray_local, tiny_corpus, tmp_
     assert m["eval_loss"] < m["eval_loss_start"], "loss on the fixed batch did not fall"
     assert read_meta(res.export)["trained_in"] == "bf16"
     net = load_network(res.export)
-    union = {**ema_shares(Path(res.checkpoint))[0], **ema_shares(Path(res.checkpoint))[1]}
+    union = ema_average(Path(res.checkpoint))
     trained = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
     assert trained and {n for n, _ in trained} == set(union)
     for name, p in trained:
