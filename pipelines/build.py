@@ -33,7 +33,7 @@ from pipelines.config import CorpusConfig
 from pipelines.configfile import ConfigError
 from pipelines.lease import LEASE, Lease
 from pipelines.runtime import ensure_ray
-from pipelines.schema import MANIFEST, MEMBERS, Manifest, SchemaError, ShardRecord, shard_name
+from pipelines.schema import MANIFEST, MEMBERS, SCHEMA_VERSION, Manifest, SchemaError, ShardRecord, shard_name
 from pipelines.storage import BUILD_STATE, COMMITS, TEMP_RE, Store, s3_options
 
 log = logging.getLogger(__name__)
@@ -222,14 +222,16 @@ def check_state(store: Store, cfg: CorpusConfig, listing: str, mixture: list, ov
     """Refuse to mix two configs (or source listings, or plugin sets) in one output unless ``overwrite``; record
     the state, with what this build writes. Call it holding the output's lease."""
     state = {"config_sha256": cfg.digest(), "sources_sha256": listing, "mixture": [list(m) for m in mixture],
-             "plugin_versions": plugin_versions()}
+             "plugin_versions": plugin_versions(), "corpus_version": SCHEMA_VERSION}
     old = check_owner(store)
     if old is not None and "sources_sha256" not in old:  # known by its manifest only: its config digest decides
         old = {**state, "config_sha256": old["config_sha256"]}
     if old is not None and any(old.get(k) != v for k, v in state.items()):
         what = next(w for k, w in (("config_sha256", "config"), ("sources_sha256", "source listing"),
                                    ("mixture", "set of installed plugins"),
-                                   ("plugin_versions", "plugin kernel versions")) if old.get(k) != state[k])
+                                   ("plugin_versions", "plugin kernel versions"),
+                                   ("corpus_version", "corpus format version (an older omnilv)"))
+                    if old.get(k) != state[k])
         if not overwrite:
             raise BuildError(
                 f"{store.root} holds a corpus built from a different {what} "

@@ -32,7 +32,7 @@ import numpy as np
 from degradations import bgr_to_rgb01
 from omnilv.errors import OmniLVError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: exemplars replay the query's sampled parameters (1: they drew their own)
 INPUT, TARGET, TXT, JSON = "input.png", "target.png", "txt", "json"
 REF_INPUT, REF_TARGET = "ref_input.png", "ref_target.png"
 REQUIRED_MEMBERS: tuple[str, ...] = (INPUT, TARGET, TXT, JSON)

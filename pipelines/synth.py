@@ -22,6 +22,8 @@ from degradations import Task, replay, synthesize
 from pipelines.config import CorpusConfig, GeometryConfig
 from pipelines.schema import SCHEMA_VERSION, Sample, sample_key
 
+SEED_BOUND = 2**63 - 1  # an exemplar step's own seed, drawn like the query's (degradations.compose)
+
 #: Reason codes a skipped source can get (the report lists counts per code).
 REASONS = ("empty", "not_image", "truncated", "too_large", "too_small", "unreadable", "synth_error")
 _EXIF_ORIENTATION = 0x0112
@@ -273,9 +275,22 @@ def make_sample(task: Task, clean: Clean, variant: int, cfg: CorpusConfig,
                             "corpus_version": SCHEMA_VERSION, "geometry": cfg.geometry.model_dump(mode="json")}
     ref_in = ref_tgt = None
     if exemplar is not None:
-        ref, ref_prov = make_part(task, exemplar, cfg, variant, f"exemplar:{clean.uri}")
-        ref_in, ref_tgt, meta["exemplar"] = ref.input, ref.target, ref_prov
+        ref_in, ref_tgt, meta["exemplar"] = make_exemplar(syn, exemplar, cfg, variant, f"exemplar:{clean.uri}")
     return Sample(meta["key"], syn.input, syn.target, syn.instruction, meta, ref_in, ref_tgt)
+
+
+def make_exemplar(query: Any, clean: Clean, cfg: CorpusConfig, variant: int,
+                  stream: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The query's transformation shown on other content: the same plugins with the same sampled parameters,
+    applied to a crop of another source; only the stochastic parts (a noise field, …) come from the exemplar's
+    own seed. A sepia query gets a sepia exemplar, never a noir one. Returns (input, target, provenance)."""
+    rng = sample_rng(cfg.output.seed, clean.uri, variant, stream)
+    box = crop_box(clean.image.shape, cfg.geometry, rng)
+    steps = [{**s.to_json(), "seed": int(rng.integers(SEED_BOUND))} for s in query.steps]
+    ref_in, ref_tgt = replay({"steps": steps, "domain": query.domain}, cut(clean.image, box))
+    prov = {"source": clean.uri, "source_sha256": clean.sha256, "variant": variant, "stream": stream, "crop": box,
+            "source_size": list(clean.orig_size), "resized_size": list(clean.image.shape[:2]), "steps": steps}
+    return ref_in, ref_tgt, prov
 
 
 def rebuild(meta: dict[str, Any], clean_img: np.ndarray | Pixels) -> tuple[np.ndarray, np.ndarray]:
