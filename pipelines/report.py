@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 import json
-import textwrap
 from collections import Counter
 from typing import Any
 
@@ -23,39 +22,16 @@ REPORT_JSON, REPORT_HTML = "report.json", "report.html"
 
 
 def contact_sheet(samples: list[Sample], cell: int = 160) -> np.ndarray:
-    """Rows of input | target | instruction, as an RGB uint8 image."""
-    rows = [_row(s, cell) for s in samples] or [np.full((cell, cell * 3, 3), 255, np.uint8)]
-    header = _text_panel("input | target | instruction", cell * 3, 24, scale=0.5)
-    return np.concatenate([header, *rows], axis=0)
+    """One labelled row per sample (caption: task and instruction): input | target, and the exemplar pair when any
+    sample of the sheet has one; an RGB uint8 image."""
+    from pipelines.sheets import labelled_sheet
 
-
-def _row(s: Sample, cell: int) -> np.ndarray:
-    tiles = [_tile(s.input, cell), _tile(s.target, cell)]
-    label = f"[{s.meta.get('task', '?')}] {s.instruction}"
-    tiles.append(_text_panel(label, cell, cell))
-    row = np.concatenate(tiles, axis=1)
-    row[-1:, :] = 200  # thin separator between samples
-    return row
-
-
-def _tile(img: np.ndarray, cell: int) -> np.ndarray:
-    u8 = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
-    h, w = u8.shape[:2]
-    s = cell / max(h, w)
-    u8 = cv2.resize(u8, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_NEAREST
-                    if s >= 1 else cv2.INTER_AREA)
-    out = np.full((cell, cell, 3), 255, np.uint8)
-    out[: u8.shape[0], : u8.shape[1]] = u8
-    return out
-
-
-def _text_panel(text: str, width: int, height: int, scale: float = 0.4) -> np.ndarray:
-    panel = np.full((height, width, 3), 255, np.uint8)
-    chars = max(8, int(width / (scale * 20)))
-    safe = text.encode("ascii", "replace").decode("ascii")  # Hershey fonts draw ASCII only
-    for i, line in enumerate(textwrap.wrap(safe, chars)[: max(1, height // 16)]):
-        cv2.putText(panel, line, (4, 16 + 16 * i), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
-    return panel
+    columns = ["input", "target"]
+    if any(s.ref_input is not None for s in samples):
+        columns += ["exemplar input", "exemplar target"]
+    rows = [([s.input, s.target, s.ref_input, s.ref_target][: len(columns)],
+             f"[{s.meta.get('task', '?')}] {s.instruction}") for s in samples]
+    return labelled_sheet(rows, columns, cell)
 
 
 def encode_sheet(sheet: np.ndarray) -> bytes:
@@ -126,7 +102,8 @@ def render_html(r: dict[str, Any]) -> str:
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(r['name'])} corpus report"
             "</title><style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:left}</style></head><body>"
             f"<h1>{html.escape(r['name'])}: {r['samples']} samples in {r['shards']} shards ({r['bytes']:,} bytes)</h1>"
-            f"<p>{r['built_samples']} samples built in {r['seconds']} s ({r['samples_per_s']} samples/s); "
+            f"<p>{r['built_samples']} samples built in {r['seconds']} s ({r['samples_per_s']} samples/s over the whole "
+            "build, Ray's start-up included; the progress bar shows the rate of the shard tasks); "
             f"{r['resumed_shards']} shards resumed. Config sha256 {r['config_sha256']}.</p>"
             f"{table('Tasks', r['tasks'])}{table('Domains', r['domains'])}{table('Rejects by reason', r['rejects'])}"
             f"<h2>Skipped sources</h2><ul>{skipped or '<li>none</li>'}</ul><h2>Samples per domain</h2>{sheets}"
