@@ -79,8 +79,11 @@ def plan(
     global_batch: int = typer.Option(256, "--global-batch", help="Samples per optimizer step, all GPUs together."),
     peak_tflops: float = typer.Option(312.0, "--peak-tflops", help="GPU peak for estimates (A100 bf16: 312)."),
     mfu: float = typer.Option(0.40, "--mfu", help="Assumed model-FLOPs utilization for estimates."),
-    bench_dir: Path = typer.Option(Path("bench/results"), "--bench-dir",
-                                   help="Folder with corpus_build.json and train_step.json."),
+    corpus: str = typer.Option(None, "--corpus", help="A corpus config (file or preset name, e.g. production_40m): "
+                               "its crop size, exemplar probability, samples per shard and PNG level size the "
+                               "samples instead of --resolution/--samples-per-shard."),
+    bench_dir: Path = typer.Option(None, "--bench-dir", help="Folder with corpus_build.json and train_step.json "
+                                   "(default: the figures measured for this release, shipped with it)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
 ) -> None:
     """Size a run: shards, storage, build CPU-hours, S3 request rates, GPU-hours per stage, wall-clock.
@@ -90,11 +93,16 @@ def plan(
     """
     from cluster import plan as pl
 
+    shape = pl.corpus_shape(corpus) if corpus else {}
+    resolution = shape.get("resolution", resolution)
+    samples_per_shard = shape.get("samples_per_shard", samples_per_shard)
     inputs = pl.PlanInputs(pairs=pl.parse_count(pairs), resolution=resolution, nodes=nodes,
                            gpus_per_node=gpus_per_node, cpus_per_node=cpus_per_node, cpu_nodes=cpu_nodes,
                            cpus_per_cpu_node=cpus_per_cpu_node, samples_per_shard=samples_per_shard,
                            part_mb=part_mb, steps=pl.parse_steps(steps), global_batch=global_batch,
-                           peak_tflops=peak_tflops, mfu=mfu)
+                           peak_tflops=peak_tflops, mfu=mfu,
+                           exemplar_probability=shape.get("exemplar_probability", 0.0),
+                           png_level=shape.get("png_level"))
     if min(resolution, samples_per_shard, global_batch, cpus_per_node) < 1 or part_mb <= 0 or not 0 < mfu <= 1:
         raise pl.PlanError("--resolution, --samples-per-shard, --global-batch, --cpus-per-node and --part-mb "
                            "must be positive and --mfu in (0, 1]")

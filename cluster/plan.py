@@ -52,6 +52,8 @@ class PlanInputs:
     global_batch: int = 256
     peak_tflops: float = 312.0          # A100 dense bf16
     mfu: float = 0.40
+    exemplar_probability: float = 0.0   # share of samples that also store an exemplar pair (2 more images)
+    png_level: int | None = None        # the corpus' PNG level (None: the benchmark's)
 
 
 @dataclass
@@ -175,14 +177,40 @@ def gpu_seconds_per_sample(stage: Stage, train: dict, p: PlanInputs) -> tuple[fl
     return per_sample, f"ESTIMATE: FLOPs / ({p.peak_tflops:g} TFLOP/s peak × {p.mfu:g} MFU)"
 
 
+def corpus_shape(name_or_path: str) -> dict:
+    """What sizes a corpus' samples, read from its config (a file, or a preset shipped with omnilv) with
+    ``yaml.safe_load``: crop size, exemplar probability, samples per shard, PNG level."""
+    from importlib import resources
+
+    import yaml
+
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = Path(str(resources.files("omnilv") / "presets" / "corpus" / f"{path.stem}.yaml"))
+    if not path.is_file():
+        raise PlanError(f"{name_or_path}: no such corpus config file or preset")
+    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        return {"resolution": int(data.get("geometry", {}).get("crop_size", 64)),
+                "exemplar_probability": float(data.get("mixture", {}).get("exemplar_probability", 0.0)),
+                "samples_per_shard": int(data.get("output", {}).get("samples_per_shard", 256)),
+                "png_level": int(data.get("output", {}).get("png_level", 1))}
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise PlanError(f"{path}: cannot read its sizes ({exc})") from None
+
+
 def _corpus(p: PlanInputs, corpus: dict) -> dict:
     scale = (p.resolution / float(corpus["resolution"])) ** 2  # PNG bytes and synthesis cost ∝ pixels
-    bytes_per_sample = float(corpus["bytes_per_sample"]) * scale
+    # Measured bytes per stored image at the bench's level, times this corpus' images per sample (input and target,
+    # plus an exemplar pair for a share of them).
+    per_image = float(corpus["bytes_per_sample"]) / float(corpus.get("images_per_sample", 2))
+    bytes_per_sample = per_image * scale * (2 + 2 * p.exemplar_probability)
     per_core = float(corpus["samples_per_s_per_core"]) / scale
     sps = p.samples_per_shard
     cores = p.nodes * p.cpus_per_node + p.cpu_nodes * p.cpus_per_cpu_node
     core_hours = p.pairs / per_core / 3600.0
-    return {"pixel_scale": scale, "bytes_per_sample": bytes_per_sample, "samples_per_s_per_core": per_core,
+    return {"pixel_scale": scale, "images_per_sample": 2 + 2 * p.exemplar_probability,
+            "bytes_per_sample": bytes_per_sample, "samples_per_s_per_core": per_core,
             "samples_per_shard": sps, "shards": math.ceil(p.pairs / sps), "shard_bytes": sps * bytes_per_sample,
             "storage_bytes": p.pairs * bytes_per_sample, "cpu_core_hours": core_hours, "build_cores": cores,
             "build_wall_hours": core_hours / cores, "build_samples_per_s": per_core * cores}

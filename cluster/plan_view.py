@@ -35,7 +35,8 @@ def show(plan: Plan) -> None:
         con.print(f"  {name}: {src['path']}\n    {json.dumps(values)}")
 
     t = Table(title="Corpus build", show_header=False)
-    rows = [("bytes / sample", f"{_bytes(c['bytes_per_sample'])} (bench × {c['pixel_scale']:g} pixel scale)"),
+    rows = [("bytes / sample", f"{_bytes(c['bytes_per_sample'])} (bench per image × {c['pixel_scale']:g} pixel scale × "
+                                         f"{c['images_per_sample']:g} images)"),
             ("samples / s / core", f"{c['samples_per_s_per_core']:.4g}"),
             ("shards", f"{c['shards']:,} × {c['samples_per_shard']} samples ({_bytes(c['shard_bytes'])} each)"),
             ("storage", _bytes(c["storage_bytes"])),

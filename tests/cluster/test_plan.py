@@ -134,3 +134,19 @@ def _plan_at(bench: Path, *args: str) -> dict:
     r = runner.invoke(app, ["cluster", "plan", "--bench-dir", str(bench), "--json", *args])
     assert r.exit_code == 0, r.output
     return json.loads(r.output)
+
+
+def test_bytes_per_sample_follow_the_corpus_config(tmp_path):
+    """production_40m: 512² crops, exemplar probability 0.5, 256 samples per shard. The bench stored 180,000 bytes
+    per sample of 2 images at 256²: 90,000 per image; ×4 pixels at 512² = 360,000; × (2 + 2 × 0.5) = 3 images
+    -> 1,080,000 bytes per sample, and 1,000 pairs need ceil(1000 / 256) = 4 shards."""
+    shape = pl.corpus_shape("production_40m")
+    assert shape == {"resolution": 512, "exemplar_probability": 0.5, "samples_per_shard": 256, "png_level": 1}
+    p = pl.PlanInputs(pairs=1000, resolution=shape["resolution"], samples_per_shard=shape["samples_per_shard"],
+                      exemplar_probability=shape["exemplar_probability"])
+    corpus = pl.make_plan(p, DATA / "bench").corpus
+    assert corpus["bytes_per_sample"] == 1_080_000 and corpus["shards"] == 4
+    (tmp_path / "c.yaml").write_text("geometry: {crop_size: 256}\nmixture: {exemplar_probability: 0}\n")
+    assert pl.corpus_shape(str(tmp_path / "c.yaml"))["exemplar_probability"] == 0.0
+    with pytest.raises(pl.PlanError, match="no such corpus config"):
+        pl.corpus_shape("no_such_corpus")
