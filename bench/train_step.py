@@ -195,11 +195,20 @@ def flops_per_sample(preset: str, latent: int, channels: int, text_dim: int) -> 
     return float(counter.get_total_flops())
 
 
-#: Dense bf16 tensor-core peak (FLOP/s) by device name; the A100's when the name is not listed.
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+#: Dense bf16 tensor-core peak (FLOP/s, no sparsity) by the marks in ``torch.cuda.get_device_name()``, most specific
+#: first: the vendors' data sheets. A card not listed gets no MFU figure (never another card's peak).
+PEAK_BF16 = ((("H100", "PCIe"), 756e12), (("H100", "NVL"), 835e12), (("H100",), 989e12), (("H200",), 989e12),
+             (("GH200",), 989e12), (("A100",), 312e12), (("A800",), 312e12), (("L40S",), 362e12),
+             (("L4",), 121e12), (("A10G",), 70e12), (("B200",), 2250e12))
 
 
-def mfu_bench(device: torch.device, preset: str, latent: int, batch: int, peak: float, *, iters: int = 10,
+def peak_bf16(name: str) -> float | None:
+    """The dense bf16 peak of the card called ``name``, or None when it is not in :data:`PEAK_BF16`."""
+    return next((peak for marks, peak in PEAK_BF16 if all(m in name for m in marks)), None)
+
+
+
+def mfu_bench(device: torch.device, preset: str, latent: int, batch: int, peak: float | None, *, iters: int = 10,
               warmup: int = 3, dtype: torch.dtype = torch.bfloat16) -> dict:
     """Samples/s of full training steps (forward, backward, AdamW) of ``preset`` on ``latent``² latents in
     ``dtype``, and MFU = samples/s × FLOPs per sample / ``peak``."""
@@ -230,7 +239,8 @@ def mfu_bench(device: torch.device, preset: str, latent: int, batch: int, peak: 
     sps = batch * iters / (time.perf_counter() - t0)
     flops = flops_per_sample(preset, latent, channels, text_dim)
     return {"device": str(device), "preset": preset, "latent": latent, "batch_size": batch, "dtype": str(dtype),
-            "samples_per_s": sps, "flops_per_sample": flops, "peak_flops": peak, "mfu": sps * flops / peak}
+            "samples_per_s": sps, "flops_per_sample": flops, "peak_flops": peak,
+            "mfu": sps * flops / peak if peak else None}  # an unknown card: no peak, so no MFU
 
 
 def gpu_bench() -> dict | None:
@@ -238,7 +248,7 @@ def gpu_bench() -> dict | None:
     if not torch.cuda.is_available():
         return None
     name = torch.cuda.get_device_name()
-    peak = next((v for k, v in PEAK_BF16.items() if k in name), PEAK_BF16["A100"])
+    peak = peak_bf16(name)
     return {"device_name": name, "resolution": 512,
             **mfu_bench(torch.device("cuda"), "2b", latent=64, batch=8, peak=peak)}
 

@@ -111,3 +111,21 @@ def test_flops_of_the_2b_preset_follow_six_n_t(bench):
     tokens = (64 // 2) ** 2  # 512² through an 8x VAE, patch 2
     ratio = bench.flops_per_sample("2b", 64, 4, 2304) / (6 * n * tokens)
     assert 0.8 < ratio < 1.3, ratio
+
+
+def test_peak_table_names_real_cards_and_no_guess_for_unknown_ones():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "bench" / "train_step.py"
+    spec = importlib.util.spec_from_file_location("bench_train_step_peaks", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    # Data-sheet dense bf16 figures (TFLOP/s): H100 SXM 989, PCIe 756, NVL 835; A100 312.
+    assert mod.peak_bf16("NVIDIA H100 80GB HBM3") == 989e12
+    assert mod.peak_bf16("NVIDIA H100 PCIe") == 756e12
+    assert mod.peak_bf16("NVIDIA H100 NVL") == 835e12
+    assert mod.peak_bf16("NVIDIA A100-SXM4-80GB") == 312e12
+    assert mod.peak_bf16("NVIDIA GeForce RTX 4090") is None  # no figure, rather than the A100's
