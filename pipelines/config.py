@@ -64,7 +64,8 @@ class MixtureConfig(Section):
     default_weight: float = Field(0.0, ge=0)
     """Weight of every other registered image-only plugin."""
     domain_weights: dict[str, float] = Field(default_factory=dict)
-    """Multiplier per domain (missing domains: 1.0)."""
+    """Each domain's share of the samples, relative to the others present (missing domains: 1.0); a domain's tasks
+    split its share by their weights. Empty: the task weights alone decide."""
     exemplar_probability: float = Field(0.0, ge=0, le=1)
     """Chance a sample gets a same-task exemplar on another source."""
 

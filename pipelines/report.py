@@ -83,6 +83,7 @@ def write_report(store: Store, cfg: CorpusConfig, manifest: Manifest, records: l
         "task_seconds": round(stats.get("task_seconds", 0.0), 3),
         "config_sha256": manifest.config_sha256, "contact_sheets": {},
     }
+    report["shares"] = shares(manifest.extra.get("mixture", []), tasks, domains)
     for domain, samples in sorted(samples_by_domain(store, cfg.runtime.contact_sheet_rows, set(domains)).items()):
         name = f"contact_{domain}.png"
         store.write(name, encode_sheet(contact_sheet(samples)))
@@ -92,10 +93,33 @@ def write_report(store: Store, cfg: CorpusConfig, manifest: Manifest, records: l
     return store.url(REPORT_JSON)
 
 
+def shares(mixture: list, tasks: Counter, domains: Counter) -> dict[str, dict[str, dict[str, float]]]:
+    """Requested (from the resolved mixture) and realised (counted) shares, per task and per domain."""
+    from pipelines.synth import get_task
+
+    total_w = sum(float(w) for _, w in mixture) or 1.0
+    req_task = {str(n): float(w) / total_w for n, w in mixture}
+    req_domain: Counter = Counter()
+    for n, s in req_task.items():
+        req_domain[get_task(n).domain] += s
+    n_all = sum(tasks.values()) or 1
+
+    def table(req: dict, got: Counter) -> dict[str, dict[str, float]]:
+        return {k: {"requested": round(req.get(k, 0.0), 4), "realised": round(got.get(k, 0) / n_all, 4)}
+                for k in sorted(set(req) | set(got))}
+
+    return {"tasks": table(req_task, tasks), "domains": table(dict(req_domain), domains)}
+
+
 def render_html(r: dict[str, Any]) -> str:
     def table(title: str, counts: dict[str, int]) -> str:
         body = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{v}</td></tr>" for k, v in counts.items())
         return f"<h2>{title}</h2><table><tr><th>name</th><th>count</th></tr>{body or '<tr><td>none</td></tr>'}</table>"
+
+    def share_table(title: str, rows: dict[str, dict[str, float]]) -> str:
+        body = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['requested']:.1%}</td><td>{v['realised']:.1%}</td></tr>"
+                       for k, v in rows.items())
+        return f"<h2>{title}</h2><table><tr><th>name</th><th>requested</th><th>realised</th></tr>{body}</table>"
 
     sheets = "".join(f"<h3>{html.escape(d)}</h3><img src='{html.escape(n)}'>" for d, n in r["contact_sheets"].items())
     skipped = "".join(f"<li>{html.escape(u)}: {html.escape(why)}</li>" for u, why in r["rejected"][:200])
@@ -105,6 +129,7 @@ def render_html(r: dict[str, Any]) -> str:
             f"<p>{r['built_samples']} samples built in {r['seconds']} s ({r['samples_per_s']} samples/s over the whole "
             "build, Ray's start-up included; the progress bar shows the rate of the shard tasks); "
             f"{r['resumed_shards']} shards resumed. Config sha256 {r['config_sha256']}.</p>"
+            f"{share_table('Domains: share of samples', r['shares']['domains'])}"
             f"{table('Tasks', r['tasks'])}{table('Domains', r['domains'])}{table('Rejects by reason', r['rejects'])}"
             f"<h2>Skipped sources</h2><ul>{skipped or '<li>none</li>'}</ul><h2>Samples per domain</h2>{sheets}"
             "</body></html>")

@@ -331,11 +331,15 @@ def resolve_mixture(cfg: CorpusConfig) -> list[tuple[str, float]]:
             except Exception as exc:  # noqa: BLE001 - a broken third-party plugin must not stop the build
                 logging.getLogger(__name__).warning("plugin %s cannot be loaded, left out of the mixture: %s",
                                                     name, exc)
-    out = []
-    for name in sorted(weights):
-        w = weights[name] * mix.domain_weights.get(get_task(name).domain, 1.0)
-        if w > 0:
-            out.append((name, float(w)))
+    weights = {n: w for n, w in weights.items() if w > 0}
+    if mix.domain_weights:  # each domain's share of the samples; its tasks share it by their weights
+        domain = {n: get_task(n).domain for n in weights}
+        within = {d: sum(w for n, w in weights.items() if domain[n] == d) for d in set(domain.values())}
+        share = {d: mix.domain_weights.get(d, 1.0) for d in within}
+        total = sum(share.values())
+        weights = {n: share[domain[n]] / total * w / within[domain[n]] if total > 0 else 0.0
+                   for n, w in weights.items()}
+    out = [(name, float(weights[name])) for name in sorted(weights) if weights[name] > 0]
     if not out:
         raise ValueError("mixture: no task has a positive weight after domain_weights")
     return out
