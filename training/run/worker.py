@@ -116,7 +116,7 @@ class Loop:
         self.engine.backward(loss)
         self.engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
         exemplars = int(batch["ref_mask"].sum()) if self.cfg.data.use_exemplars else 0
-        self.meter.micro_step(time.perf_counter() - t1, float(loss.detach()), len(batch["txt"]), exemplars)
+        self.meter.micro_step(time.perf_counter() - t1, loss.detach(), len(batch["txt"]), exemplars)
 
     @torch.no_grad()
     def evaluate(self) -> float:
