@@ -30,4 +30,5 @@ __all__, __getattr__ = door(__name__, {
     "labelled_sheet": ".sheets",
     # training ingest
     "read_corpus": ".ingest", "RowDecoder": ".ingest", "WhitelistDecoder": ".ingest", "SkipLedger": ".ingest",
+    "intact_shards": ".ingest", "read_shards": ".ingest",
 })

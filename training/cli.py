@@ -118,8 +118,8 @@ def rehearse_command(
 
 
 def cache_latents_command(
-    config: str = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP + " Its codec, text, data.corpus, "
-                                 "data.resolution/buckets, data.use_exemplars and run.seed are used."),
+    config: str = typer.Argument(..., metavar="CONFIG", help=CONFIG_HELP + " Its codec, text, text_layer, "
+                                 "data.corpus, data.resolution/buckets, data.use_exemplars and run.seed are used."),
     set_: Overrides = None,
     out: str = typer.Option(None, "--out", help="Cache folder or s3:// prefix (default: data.latents, else "
                                                 "CORPUS-latents next to the corpus)."),
@@ -133,11 +133,11 @@ def cache_latents_command(
 
     Crops each sample like training would (centre, or seeded with data.random_crop), encodes input, target and
     exemplars with the config's codec and the instruction with its text encoder (frozen, one actor per GPU when
-    run.use_gpu), and writes WebDataset shards of .npy arrays (never pickles), latents.json (codec, text encoder,
-    shapes, scaling, source manifest sha256) and manifest.json last.
+    run.use_gpu), and writes WebDataset shards of .npy arrays (never pickles), latents.json (codec, text encoder and
+    layer, shapes, scaling, source manifest sha256) and manifest.json last.
 
-    Training refuses a cache built with another codec, text encoder or crop size than its config. The crops are
-    fixed once cached: every epoch sees the same crop of a sample.
+    Training refuses a cache built with another codec, text encoder, text layer or crop size than its config. The
+    crops are fixed once cached: every epoch sees the same crop of a sample.
 
     Examples:
 
@@ -155,7 +155,7 @@ def cache_latents_command(
     if not cfg.data.corpus:
         raise ConfigError(f"{config}: data.corpus is empty; say which corpus to encode (--set data.corpus=…)")
     target = out or cfg.data.latents or f"{cfg.data.corpus.rstrip('/')}-latents"
-    res = cache_latents(cfg.data.corpus, target, cfg.codec, cfg.text, sizes=cfg.data.sizes,
+    res = cache_latents(cfg.data.corpus, target, cfg.codec, cfg.text, sizes=cfg.data.sizes, text_layer=cfg.text_layer,
                         random_crop=cfg.data.random_crop, use_exemplars=cfg.data.use_exemplars,
                         batch_size=batch_size, num_gpus=1 if cfg.run.use_gpu else 0, concurrency=actors,
                         seed=cfg.run.seed, overwrite=overwrite, progress=True, address=address)

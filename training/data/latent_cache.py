@@ -68,10 +68,11 @@ CACHE_NAMES = re.compile(r"shard-\d{6}\.tar|latents\.json|manifest\.json|_cache\
 
 # -- building ----------------------------------------------------------------------------------------
 class EncodeLatents:
-    """Pixel rows -> member bytes: frozen codec and text encoder, loaded once per actor."""
+    """Pixel rows -> member bytes: frozen codec and text encoder (read at hidden state ``text_layer``), loaded once
+    per actor."""
 
-    def __init__(self, codec: str, text: str, *, micro_batch: int, shards: int, use_gpu: bool = False,
-                 threads: int = 1) -> None:
+    def __init__(self, codec: str, text: str, *, micro_batch: int, shards: int, text_layer: int = -1,
+                 use_gpu: bool = False, threads: int = 1) -> None:
         import torch
 
         from training.model import ImageCodec, TextEncoder
@@ -79,7 +80,7 @@ class EncodeLatents:
         torch.set_num_threads(max(1, threads))
         self.device = torch.device("cuda" if use_gpu else "cpu")  # Ray gave this actor one GPU when asked
         self.codec = ImageCodec.from_spec(codec).eval().to(self.device)
-        self.text = TextEncoder.from_spec(text).eval().to(self.device)
+        self.text = TextEncoder.from_spec(text, layer=text_layer).eval().to(self.device)
         self.micro, self.shards = micro_batch, shards
         self._texts: dict[str, tuple[bytes, int, int]] = {}
 
@@ -167,11 +168,12 @@ class CacheResult:
 
 
 def cache_latents(corpus: str, out: str, codec: str, text: str, *, sizes: list[tuple[int, int]],
-                  random_crop: bool = False, use_exemplars: bool = False, batch_size: int = 8,
+                  text_layer: int = -1, random_crop: bool = False, use_exemplars: bool = False, batch_size: int = 8,
                   num_gpus: float = 0.0, concurrency: int | None = None, num_cpus: float = 1.0,
                   shards: int | None = None, seed: int = 0, overwrite: bool = False,
                   progress: bool = False, address: str | None = None) -> CacheResult:
-    """Encode ``corpus`` at ``sizes`` with ``codec``/``text`` into a latent cache at ``out``.
+    """Encode ``corpus`` at ``sizes`` with ``codec``/``text`` (its hidden state ``text_layer``, as the training
+    config's) into a latent cache at ``out``.
 
     One actor per GPU (``num_gpus=1``) or ``concurrency`` CPU actors; ``shards`` defaults to the corpus' count.
     Joins Ray at ``address`` (or ``$RAY_ADDRESS``, else a private local instance) unless it is already up.
@@ -191,8 +193,8 @@ def cache_latents(corpus: str, out: str, codec: str, text: str, *, sizes: list[t
         concurrency = max(1, int(ray.cluster_resources().get("GPU", 1))) if num_gpus else 1
     ledger = SkipLedger.remote()
     ds = read_corpus(corpus, sizes, random_crop=random_crop, use_exemplars=use_exemplars, seed=seed, ledger=ledger)
-    encoder = dict(codec=codec, text=text, micro_batch=batch_size, shards=n_shards, use_gpu=bool(num_gpus),
-                   threads=int(num_cpus))
+    encoder = dict(codec=codec, text=text, text_layer=text_layer, micro_batch=batch_size, shards=n_shards,
+                   use_gpu=bool(num_gpus), threads=int(num_cpus))
     ds = ds.map_batches(EncodeLatents, fn_constructor_kwargs=encoder, batch_size=batch_size, batch_format="numpy",
                         num_cpus=num_cpus, num_gpus=num_gpus,
                         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=concurrency))
@@ -201,7 +203,7 @@ def cache_latents(corpus: str, out: str, codec: str, text: str, *, sizes: list[t
         write_shard, fn_kwargs=writer, batch_format="numpy", num_cpus=0.25).take_all()
     if not rows:
         raise LatentCacheError(f"{corpus}: no readable sample; nothing to cache")
-    meta = _meta(corpus, codec, text, codec_obj, sizes, random_crop, use_exemplars, seed)
+    meta = _meta(corpus, codec, text, text_layer, codec_obj, sizes, random_crop, use_exemplars, seed)
     meta.update(text_len=max(int(r["text_len"]) for r in rows), text_dim=int(rows[0]["text_dim"]))
     return _commit(store, rows, meta, dict(sorted(ray.get(ledger.totals.remote()).items())), t0)
 
@@ -218,8 +220,10 @@ def _commit(store: Store, rows: list[dict[str, Any]], meta: dict[str, Any], skip
     return CacheResult(store.root, meta["samples"], len(records), meta, skipped, time.perf_counter() - t0)
 
 
-def _meta(corpus: str, codec: str, text: str, codec_obj: Any, sizes: list[tuple[int, int]], random_crop: bool,
-          use_exemplars: bool, seed: int) -> dict[str, Any]:
+def _meta(corpus: str, codec: str, text: str, text_layer: int, codec_obj: Any, sizes: list[tuple[int, int]],
+          random_crop: bool, use_exemplars: bool, seed: int) -> dict[str, Any]:
+    """``latents.json``: what the cache was built from and with; training refuses a cache that differs
+    (:func:`training.data.latent_read.check_fits`)."""
     url = join(corpus, MANIFEST)
     with fsspec.open(url, "rb", **(s3_options() if url.startswith("s3://") else {})) as f:
         source_sha = hashlib.sha256(f.read()).hexdigest()
@@ -228,7 +232,8 @@ def _meta(corpus: str, codec: str, text: str, codec_obj: Any, sizes: list[tuple[
                "shift_factor": float(getattr(vae, "shift_factor", None) or 0.0) if vae else 0.0}
     ds_factor, ch = codec_obj.downsample, codec_obj.channels
     return {"kind": KIND, "version": 1, "codec": canonical_spec(codec), "text": canonical_spec(text),
-            "channels": ch, "downsample": ds_factor, "scaling": scaling, "sizes": [list(s) for s in sizes],
+            "text_layer": int(text_layer), "channels": ch, "downsample": ds_factor, "scaling": scaling,
+            "sizes": [list(s) for s in sizes],
             "latent_shapes": [[ch, h // ds_factor, w // ds_factor] for h, w in sizes],
             "use_exemplars": use_exemplars, "random_crop": random_crop, "seed": seed,
             "corpus": corpus, "corpus_manifest_sha256": source_sha}

@@ -1,6 +1,7 @@
 """Reading a latent cache (:mod:`training.data.latent_cache`) for training: checked against the config, never unpickled.
 
-``ray.data.read_webdataset`` reads the shards the cache's manifest lists, with its decoder switched off: the
+``ray.data.read_webdataset`` reads the shards the cache's manifest lists (those whose size is the manifest's: one
+cut short is left out and counted, as in the corpus reader), with its decoder switched off: the
 corpus reader's :class:`pipelines.ingest.WhitelistDecoder` keeps only the cache's members (``.pyd``,
 ``.pickle`` and any other member is named in ``skipped`` and counted, never deserialised);
 :class:`DecodeLatents` then loads each ``.npy`` with ``allow_pickle=False`` and drops corrupt samples.
@@ -15,17 +16,7 @@ import fsspec
 import numpy as np
 import ray
 
-from pipelines import (
-    JSON,
-    RowDecoder,
-    WhitelistDecoder,
-    arrow_filesystem,
-    arrow_path,
-    join,
-    load_manifest,
-    s3_options,
-    shard_urls,
-)
+from pipelines import JSON, RowDecoder, intact_shards, join, load_manifest, read_shards, s3_options
 from training.data.latent_format import (
     ARRAYS,
     COLUMNS,
@@ -57,11 +48,14 @@ def load_meta(root: str) -> dict[str, Any]:
     return meta
 
 
-def check_fits(meta: dict[str, Any], root: str, *, codec: str, text: str, sizes: list[tuple[int, int]],
-               use_exemplars: bool) -> None:
-    """Refuse a cache built with another codec, text encoder, crop sizes, or without the exemplars needed."""
+def check_fits(meta: dict[str, Any], root: str, *, codec: str, text: str, text_layer: int,
+               sizes: list[tuple[int, int]], use_exemplars: bool) -> None:
+    """Refuse a cache built with another codec, text encoder or text layer, crop sizes, or without the exemplars
+    needed. A cache from before the text layer was recorded holds the last layer's features (-1)."""
     wrong = [f"{name}: config {canonical_spec(want)!r}, cache {meta.get(name)!r}"
              for name, want in (("codec", codec), ("text", text)) if canonical_spec(want) != meta.get(name)]
+    if int(meta.get("text_layer", -1)) != text_layer:
+        wrong.append(f"text_layer: config {text_layer}, cache {int(meta.get('text_layer', -1))}")
     if [list(s) for s in sizes] != meta.get("sizes"):
         wrong.append(f"crop sizes (data.resolution/buckets): config {[list(s) for s in sizes]}, "
                      f"cache {meta['sizes']}")
@@ -115,23 +109,20 @@ def read_latents(root: str, *, read_cpus: float = 0.25, max_tasks: int = 2, ledg
     manifest = load_manifest(root)
     if manifest.extra.get("kind") != KIND:
         raise LatentCacheError(f"{root}: manifest.json is not a latent cache's (is this a corpus? use data.corpus)")
-    urls = shard_urls(root, manifest)[skip_shards:]
-    if not urls:
+    if not manifest.shards[skip_shards:]:
         raise LatentCacheError(f"{root}: the manifest lists no shards")
-    fs = arrow_filesystem(urls[0])
-    urls = [arrow_path(u) for u in urls]
-    ds = ray.data.read_webdataset(urls, filesystem=fs, decoder=WhitelistDecoder(COLUMNS), num_cpus=read_cpus,
-                                  concurrency=min(max_tasks, len(urls)), override_num_blocks=len(urls),
-                                  file_extensions=None)
+    ds = read_shards(intact_shards(root, manifest, skip_shards=skip_shards, ledger=ledger), COLUMNS,
+                     read_cpus=read_cpus, max_tasks=max_tasks)
     return ds.map_batches(DecodeLatents, fn_constructor_kwargs=dict(text_len=int(meta["text_len"]), ledger=ledger),
                           batch_size=16, batch_format="numpy", num_cpus=read_cpus,
                           compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max_tasks))
 
 
 def training_dataset(cfg: TrainConfig, ledger: Any = None, skip_shards: int = 0) -> ray.data.Dataset:
-    """``cfg.data.latents`` checked against the config (codec, text, sizes, exemplars), then read."""
+    """``cfg.data.latents`` checked against the config (codec, text and its layer, sizes, exemplars), then read."""
     d = cfg.data
     meta = load_meta(d.latents)
-    check_fits(meta, d.latents, codec=cfg.codec, text=cfg.text, sizes=d.sizes, use_exemplars=d.use_exemplars)
+    check_fits(meta, d.latents, codec=cfg.codec, text=cfg.text, text_layer=cfg.text_layer, sizes=d.sizes,
+               use_exemplars=d.use_exemplars)
     return read_latents(d.latents, read_cpus=d.read_cpus, max_tasks=d.max_read_tasks, ledger=ledger, meta=meta,
                         skip_shards=skip_shards)

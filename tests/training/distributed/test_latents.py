@@ -24,10 +24,11 @@ from training.config import load_train_config
 from training.data.batches import collate, to_tensor
 from training.data.latent_cache import cache_latents
 from training.data.latent_format import COLUMNS, LATENTS_JSON, LatentCacheError
-from training.data.latent_read import read_latents
+from training.data.latent_read import check_fits, load_meta, read_latents
 from training.model.encoders import ImageCodec, TextEncoder
 
 SIZE = 16
+LAYER = -2
 
 
 class Boom:
@@ -54,8 +55,9 @@ def vae_dir(tmp_path_factory) -> Path:
 
 
 def build(corpus: Path, out: Path, vae: Path, **kw):
-    return cache_latents(str(corpus), str(out), str(vae), "tiny", sizes=[(SIZE, SIZE)], use_exemplars=True,
-                         batch_size=8, num_cpus=0.5, **kw)
+    """A cache read at the text encoder's second-to-last layer, as Lumina-Next configs read Gemma (not the default)."""
+    return cache_latents(str(corpus), str(out), str(vae), "tiny", sizes=[(SIZE, SIZE)], text_layer=LAYER,
+                         use_exemplars=True, batch_size=8, num_cpus=0.5, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +94,7 @@ def test_cache_holds_every_sample_in_manifest_listed_shards(cache, tiny_corpus, 
     assert {m for ms in found.values() for m in ms} == {"target.npy", "input.npy", "ref_input.npy",
                                                        "ref_target.npy", "text.npy", "txt", "json"}
     meta = json.loads((out / LATENTS_JSON).read_text())
-    assert meta["codec"] == str(vae_dir.resolve()) and meta["text"] == "tiny"
+    assert meta["codec"] == str(vae_dir.resolve()) and meta["text"] == "tiny" and meta["text_layer"] == LAYER
     assert meta["latent_shapes"] == [[4, SIZE, SIZE]] and meta["scaling"]["scaling_factor"] == pytest.approx(0.18215)
     assert meta["corpus_manifest_sha256"] == hashlib.sha256((tiny_corpus / MANIFEST).read_bytes()).hexdigest()
 
@@ -100,7 +102,8 @@ def test_cache_holds_every_sample_in_manifest_listed_shards(cache, tiny_corpus, 
 def test_latents_and_text_equal_a_direct_encoding_of_the_same_crop(cache, tiny_corpus, vae_dir):
     out, _ = cache
     found = members(out)
-    codec, text = ImageCodec.from_spec(str(vae_dir)), TextEncoder.from_spec("tiny")
+    codec, text = ImageCodec.from_spec(str(vae_dir)), TextEncoder.from_spec("tiny", layer=LAYER)
+    last = TextEncoder.from_spec("tiny")
     for sample in list(iter_samples(str(tiny_corpus)))[:3]:
         inp, tgt = crop_pair(sample.input, sample.target, (SIZE, SIZE), None)  # centre crop: random_crop off
         ref_in, ref_tgt = crop_pair(sample.ref_input, sample.ref_target, (SIZE, SIZE), None)
@@ -111,6 +114,7 @@ def test_latents_and_text_equal_a_direct_encoding_of_the_same_crop(cache, tiny_c
             np.testing.assert_allclose(npy(got[member]), want, atol=1e-5)
         emb, mask = text.encode([sample.instruction])
         assert np.array_equal(npy(got["text.npy"]), emb[0, : int(mask.sum())].numpy())
+        assert not np.allclose(npy(got["text.npy"]), last.encode([sample.instruction])[0][0, : int(mask.sum())])
         assert got["txt"].decode() == sample.instruction
 
 
@@ -167,17 +171,49 @@ def test_rebuild_is_byte_identical(cache, tiny_corpus, vae_dir, tmp_path):
         assert (out / name).read_bytes() == (again / name).read_bytes(), name
 
 
-def test_a_cache_built_with_another_codec_is_refused(cache, tiny_corpus, vae_dir, tmp_path):
+def test_a_cache_built_with_another_codec_or_text_layer_is_refused(cache, tiny_corpus, vae_dir, tmp_path):
     from training.run.driver import make_trainer
 
     out, _ = cache
-    cfg = load_train_config({"codec": "pixel", "data": {"latents": str(out), "resolution": SIZE}})
+    cfg = load_train_config({"codec": "pixel", "text_layer": LAYER, "data": {"latents": str(out), "resolution": SIZE}})
     with pytest.raises(LatentCacheError, match="codec") as err:
         make_trainer(cfg)
     assert "'pixel'" in str(err.value) and str(vae_dir.resolve()) in str(err.value)
-    cfg = load_train_config({"codec": str(vae_dir), "data": {"latents": str(out), "resolution": 32}})
+    cfg = load_train_config({"codec": str(vae_dir), "text_layer": LAYER,
+                             "data": {"latents": str(out), "resolution": 32}})
     with pytest.raises(LatentCacheError, match="crop sizes"):
         make_trainer(cfg)
+    cfg = load_train_config({"codec": str(vae_dir), "data": {"latents": str(out), "resolution": SIZE}})  # layer -1
+    with pytest.raises(LatentCacheError, match=r"text_layer: config -1, cache -2"):
+        make_trainer(cfg)
+
+
+def test_a_cache_from_before_the_text_layer_was_recorded_holds_the_last_layer(cache, vae_dir):
+    out, _ = cache
+    old = {k: v for k, v in load_meta(str(out)).items() if k != "text_layer"}
+    fits = dict(codec=str(vae_dir), text="tiny", sizes=[(SIZE, SIZE)], use_exemplars=True)
+    check_fits(old, str(out), text_layer=-1, **fits)
+    with pytest.raises(LatentCacheError, match=r"text_layer: config -2, cache -1"):
+        check_fits(old, str(out), text_layer=-2, **fits)
+    check_fits(load_meta(str(out)), str(out), text_layer=LAYER, **fits)
+
+
+def test_cache_latents_command_encodes_at_the_configs_text_layer(tiny_corpus, tmp_path, monkeypatch):
+    import training.data.latent_cache as latent_cache
+    from omnilv.cli import app
+    from training.data import CacheResult
+
+    seen = {}
+
+    def fake(*args, **kwargs):
+        seen.update(kwargs)
+        return CacheResult(str(tmp_path / "c"), 1, 1, {"latent_shapes": [], "text_dim": 8})
+
+    monkeypatch.setattr(latent_cache, "cache_latents", fake)
+    res = CliRunner().invoke(app, ["cache-latents", "configs/train/tiny_stage1.yaml", "--set", "text_layer=-2",
+                                   "--set", f"data.corpus={tiny_corpus}", "--out", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    assert seen["text_layer"] == -2
 
 
 def test_pickle_members_in_a_cache_shard_are_skipped_never_unpickled(ray_local, cache, tmp_path):
@@ -202,6 +238,18 @@ def test_pickle_members_in_a_cache_shard_are_skipped_never_unpickled(ray_local, 
     assert ray_local.get(ledger.totals.remote()) == {"member:pyd": 1, "member:pickle": 1, "corrupt:target.npy": 1}
 
 
+def test_a_cache_shard_cut_after_the_build_is_left_out_and_counted(ray_local, cache, tmp_path):
+    out, res = cache
+    cut = tmp_path / "cut"
+    shutil.copytree(out, cut)
+    rec = load_manifest(str(cut)).shards[0]
+    (cut / rec.name).write_bytes((out / rec.name).read_bytes()[: rec.bytes // 2])  # a partial copy
+    ledger = SkipLedger.remote()
+    rows = read_latents(str(cut), ledger=ledger, max_tasks=1).take_all()
+    assert len(rows) == res.samples - rec.samples and not {r["key"] for r in rows} & _keys(out / rec.name)
+    assert ray_local.get(ledger.totals.remote()) == {"shard:truncated": 1}
+
+
 def _keys(shard: Path) -> set[str]:
     with tarfile.open(shard) as tar:
         return {n.partition(".")[0] for n in tar.getnames()}
@@ -213,7 +261,7 @@ def test_training_on_the_cache_runs_with_the_vae_channels(cache, vae_dir, tmp_pa
 
     out, _ = cache
     cfg = load_train_config({
-        "codec": str(vae_dir), "text": "tiny",
+        "codec": str(vae_dir), "text": "tiny", "text_layer": LAYER,
         "data": {"latents": str(out), "resolution": SIZE, "batch_size": 4, "use_exemplars": True},
         "schedule": {"steps": 2, "checkpoint_every": 2, "log_every": 1, "eval_every": 0},
         "deepspeed": {"zero_stage": 2}, "stage": {"name": "latent"},
@@ -247,7 +295,8 @@ def test_resume_plan_counts_the_cache_shards(cache, vae_dir, tmp_path):
     out, _ = cache
     counts = [s.samples for s in load_manifest(str(out)).shards]
     cfg = load_train_config({
-        "codec": str(vae_dir), "text": "tiny", "data": {"latents": str(out), "resolution": SIZE, "batch_size": 4},
+        "codec": str(vae_dir), "text": "tiny", "text_layer": LAYER,
+        "data": {"latents": str(out), "resolution": SIZE, "batch_size": 4},
         "stage": {"name": "lr"}, "run": {"workers": 1, "storage_path": str(tmp_path)}})
     (tmp_path / "lr").mkdir()
     step = -(-counts[0] // 4)  # the first whole step past the first cache shard
