@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import fsspec
 
 from pipelines.schema import IMAGE_MEMBERS, MANIFEST, MEMBERS, Manifest, Sample, SchemaError
-from pipelines.storage import join
+from pipelines.storage import credentials_as_errors, join
 
 log = logging.getLogger(__name__)
 #: ``KEY.x.input.png``: what a member of a sample whose key has a dot looks like.
@@ -42,7 +42,7 @@ def load_manifest(root: str, storage_options: dict | None = None) -> Manifest:
     """The manifest of the corpus at ``root`` (local folder or ``s3://`` prefix)."""
     url = join(root, MANIFEST)
     try:
-        with fsspec.open(url, "rt", encoding="utf-8", **_opts(url, storage_options)) as f:
+        with credentials_as_errors(url), fsspec.open(url, "rt", encoding="utf-8", **_opts(url, storage_options)) as f:
             text = f.read()
     except FileNotFoundError:
         raise SchemaError(f"{url}: no manifest; is {root!r} a finished omnilv corpus? "

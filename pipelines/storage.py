@@ -178,12 +178,30 @@ def s3_options(s3: S3Config | None = None) -> dict[str, Any]:
     return opts
 
 
+#: botocore's names for "no usable credentials" (matched by name: botocore is s3fs's, not ours to import).
+CREDENTIAL_ERRORS = ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError")
+
+
+@contextlib.contextmanager
+def credentials_as_errors(where: str) -> Iterator[None]:
+    """Missing or broken S3 credentials inside the block become one :class:`StorageError` that says what to set."""
+    try:
+        yield
+    except Exception as exc:
+        if type(exc).__name__ not in CREDENTIAL_ERRORS:
+            raise
+        raise StorageError(f"{where}: no usable AWS credentials ({exc}). Set AWS_ACCESS_KEY_ID and "
+                           "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or give the machine a role), and AWS_ENDPOINT_URL "
+                           "for an endpoint other than AWS's") from None
+
+
 def with_retries(fn: Callable[[], T], what: str, attempts: int = 8, first_delay: float = 0.25) -> T:
     """Call ``fn`` until it succeeds, retrying transient I/O errors with exponential backoff."""
     delay = first_delay
     for i in range(attempts):
         try:
-            return fn()
+            with credentials_as_errors(what):
+                return fn()
         except (FileNotFoundError, PermissionError):
             raise
         except (OSError, ConnectionError, TimeoutError, RuntimeError) as exc:
