@@ -34,6 +34,7 @@ bench: install
 	$(BIN)/python bench/degradations.py
 	$(BIN)/python bench/corpus_build.py
 	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/ingest.py
 
 freeze:
 	$(PIP) freeze --exclude-editable | grep -v '^omnilv' > /tmp/constraints.txt && mv /tmp/constraints.txt $(CONSTRAINTS)

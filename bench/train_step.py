@@ -20,6 +20,9 @@
 - FLOPs per training sample (forward + backward) measured with ``torch.utils.flop_counter.FlopCounterMode``
   on meta tensors for the tiny, stage1 (2B @512²) and stage3 (2B @1024²) configs; the cluster planner
   reads these instead of typed constants.
+- Activation memory: bytes kept for backward per sample of the ``tiny`` preset widened (D 128, 4 layers) on a
+  4,096-token image, with and without ``model.activation_checkpointing``, and per token per layer (the planner scales
+  that to the 2B width). ``--memory-only`` measures just this and merges it into ``--out``.
 - GPU (only when CUDA is available): samples/s and MFU of the 2B preset at 512² in bf16 (target ≥ 40%).
 """
 
@@ -195,6 +198,60 @@ def flops_per_sample(preset: str, latent: int, channels: int, text_dim: int) -> 
     return float(counter.get_total_flops())
 
 
+def kept_for_backward(net, x: dict) -> int:
+    """Bytes one forward keeps for backward: saved tensors plus the block inputs a checkpoint holds, each storage
+    counted once, parameters left out (they live anyway); as tests/training/model/test_memory.py counts them."""
+    params = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            kept[s.data_ptr()] = s.nbytes()
+        return t
+
+    def held(module: torch.nn.Module, args: tuple) -> None:  # a checkpoint keeps its block's input alive
+        pack(args[0])
+
+    hooks = [layer.register_forward_pre_hook(held) for layer in net.backbone.layers]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = net(**x).square().mean()
+    finally:
+        for h in hooks:
+            h.remove()
+    loss.backward()
+    return sum(kept.values())
+
+
+def activation_memory(hidden_size: int = 128, num_layers: int = 4, latent: int = 128, heads: int = 4) -> dict:
+    """Bytes kept for backward per sample, with and without activation checkpointing, of the ``tiny`` preset
+    widened to ``hidden_size`` with ``num_layers`` layers on one ``latent``² float32 latent (patch 2: 128² is
+    4,096 tokens); also per token per layer, the figure the planner scales to the 2B width and a stage's tokens."""
+    from training.model.omnilv import OmniLV
+    from training.model.presets import preset as preset_fields
+
+    torch.manual_seed(0)
+    net = OmniLV.from_preset("tiny", hidden_size=hidden_size, num_layers=num_layers, num_attention_heads=heads)
+    net.train()
+    fields = preset_fields("tiny")
+    c, p, text_dim = fields["in_channels"], fields["patch_size"], fields["cross_attention_dim"]
+    g = torch.Generator().manual_seed(0)
+    x = {"x_t": torch.randn(1, c, latent, latent, generator=g), "t": torch.rand(1, generator=g),
+         "cond": torch.randn(1, c, latent, latent, generator=g),
+         "text": torch.randn(1, TEXT_TOKENS, text_dim, generator=g),
+         "text_mask": torch.ones(1, TEXT_TOKENS, dtype=torch.bool)}
+    tokens = (latent // p) ** 2
+    per_sample = {}
+    for on in (False, True):
+        net.activation_checkpointing = on
+        per_sample["with_checkpointing" if on else "without_checkpointing"] = kept_for_backward(net, x)
+    return {"preset": "tiny", "hidden_size": hidden_size, "num_layers": num_layers, "num_attention_heads": heads,
+            "latent": latent, "patch_size": p, "tokens": tokens, "text_tokens": TEXT_TOKENS, "dtype": "float32",
+            "bytes_per_sample": per_sample,
+            "activation_bytes_per_token_per_layer": {k: v / (tokens * num_layers) for k, v in per_sample.items()}}
+
+
 #: Dense bf16 tensor-core peak (FLOP/s, no sparsity) by the marks in ``torch.cuda.get_device_name()``, most specific
 #: first: the vendors' data sheets. A card not listed gets no MFU figure (never another card's peak).
 PEAK_BF16 = ((("H100", "PCIe"), 756e12), (("H100", "NVL"), 835e12), (("H100",), 989e12), (("H200",), 989e12),
@@ -253,6 +310,17 @@ def gpu_bench() -> dict | None:
             **mfu_bench(torch.device("cuda"), "2b", latent=64, batch=8, peak=peak)}
 
 
+def merge_memory(out: Path) -> None:
+    """``--memory-only``: the activation figures merged into an existing ``out`` (the rest of it is kept)."""
+    report = json.loads(out.read_text()) if out.is_file() else {}
+    mem = activation_memory()
+    report.update({"activation_memory": mem,
+                   "activation_bytes_per_token_per_layer": mem["activation_bytes_per_token_per_layer"]})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(json.dumps(mem, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=60)
@@ -263,7 +331,12 @@ def main() -> None:
     ap.add_argument("--cores", choices=("isolated", "shared"), default="isolated" if isolate else "shared",
                     help="isolated: the training step on a core of its own (default where possible); shared: "
                          "the OS places every process")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="measure only the activation memory (with/without checkpointing) and merge it into --out")
     args = ap.parse_args()
+    if args.memory_only:
+        merge_memory(Path(args.out))
+        return
     from pipelines import ensure_ray
 
     pinner = CorePinner(0) if args.cores == "isolated" else None
@@ -295,7 +368,9 @@ def main() -> None:
             cpu[f"ray_deepspeed_zero{zero}"] = r
     flops = {"tiny": flops_per_sample("tiny", 32, 3, 32), "stage1_512": flops_per_sample("2b", 64, 4, 2304),
              "stage3_1024": flops_per_sample("2b", 128, 4, 2304)}
-    report = {"cpu": cpu, "flops_per_sample": flops, "gpu": gpu_bench(),
+    mem = activation_memory()
+    report = {"cpu": cpu, "flops_per_sample": flops, "gpu": gpu_bench(), "activation_memory": mem,
+              "activation_bytes_per_token_per_layer": mem["activation_bytes_per_token_per_layer"],
               "notes": "flops: forward+backward per sample, latent 512²/8 and 1024²/8, 128 text tokens; "
                        "VAE and text-encoder FLOPs excluded (latent cache)"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from omnilv.errors import OmniLVError
 
 CORPUS_FILE = "corpus_build.json"
 TRAIN_FILE = "train_step.json"
+INGEST_FILE = "ingest.json"  # optional: bench/ingest.py's samples/s per core of the training ingest
 CORPUS_KEYS = ("samples_per_s_per_core", "bytes_per_sample", "resolution", "cores", "chain")
 _SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}
 
@@ -248,12 +249,50 @@ def make_plan(p: PlanInputs, bench_dir: str | Path | None = None) -> Plan:
                        "gpu_s_per_sample": sec, "gpu_hours": gpu_hours, "wall_hours": gpu_hours / gpus,
                        "cluster_samples_per_s": train_sps, "s3_gets_per_s": gets, "method": how, "note": st.note})
     s3["train_gets_per_s_peak"] = peak_gets
+    ipath = Path(paths["train"]).with_name(INGEST_FILE)
+    ingest = _read_json(ipath, "ingest (bench/ingest.py)") if ipath.is_file() else None
+    for st in stages:
+        st.update(_ingest_cores(st, ingest, ipath))
+        st.update(_activation_memory(st, train, p, gpus))
     notes = _notes(p, train, corpus)
     sources = {"corpus_build": {"path": paths["corpus"], **{k: corpus.get(k) for k in CORPUS_KEYS}},
                "train_step": {"path": paths["train"], "flops_per_sample": train["flops_per_sample"],
-                              "gpu": train.get("gpu")}}
+                              "gpu": train.get("gpu"),
+                              "activation_per_token_per_layer": train.get("activation_bytes_per_token_per_layer")}}
+    if ingest is not None:
+        sources["ingest"] = {"path": str(ipath), "cores": ingest.get("cores")}
     inputs = {**asdict(p), "steps": list(p.steps), "gpus": gpus}
     return Plan(inputs=inputs, sources=sources, corpus=c, s3=s3, stages=stages, notes=notes)
+
+
+def _ingest_cores(stage: dict, ingest: dict | None, path: Path) -> dict:
+    """CPU cores per GPU the ingest needs to keep up: training samples/s per GPU ÷ ingest samples/s per core at the
+    stage's resolution (None without ``ingest.json`` or a figure at that resolution)."""
+    res = (ingest or {}).get("resolutions", {}).get(str(stage["resolution"]))
+    if not isinstance(res, dict) or not isinstance(res.get("ours"), dict):
+        return {"ingest_cores_per_gpu": None}
+    per_core = _number(res["ours"], "samples_per_s_per_core", path)
+    return {"ingest_samples_per_s_per_core": per_core,
+            "ingest_cores_per_gpu": 1.0 / stage["gpu_s_per_sample"] / per_core}
+
+
+def _activation_memory(stage: dict, train: dict, p: PlanInputs, gpus: int) -> dict:
+    """Activation bytes per GPU, with and without checkpointing: the bench's bytes per token per layer scaled by the
+    2B width over the bench's, times the stage's tokens and the 2B's layers, times samples per GPU per step.
+    Checkpointed, one layer is recomputed at a time in the backward: that layer's uncheckpointed bytes come on top."""
+    from training.model import preset
+
+    per_tl, mem = train.get("activation_bytes_per_token_per_layer"), train.get("activation_memory")
+    if not isinstance(per_tl, dict) or not isinstance(mem, dict):
+        return {"activation_bytes_per_gpu": None}
+    big = preset("2b")
+    width = big["hidden_size"] / float(mem["hidden_size"])
+    tokens = (stage["resolution"] // 8 // big["patch_size"]) ** 2  # 8× VAE latent, one token per patch
+    per_gpu = p.global_batch / gpus  # samples per GPU per step (no gradient accumulation)
+    without = per_tl["without_checkpointing"] * width * tokens
+    with_ck = per_tl["with_checkpointing"] * width * tokens * big["num_layers"] + without
+    return {"tokens": tokens, "samples_per_gpu_step": per_gpu, "activation_bytes_per_gpu": {
+        "without_checkpointing": without * big["num_layers"] * per_gpu, "with_checkpointing": with_ck * per_gpu}}
 
 
 def _notes(p: PlanInputs, train: dict, corpus: dict) -> list[str]:

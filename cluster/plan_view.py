@@ -68,6 +68,17 @@ def show(plan: Plan) -> None:
     total = sum(st["gpu_hours"] for st in plan.stages)
     t.add_row("total", "", "", "", "", "", f"{total:,.0f}", f"{total / i['gpus']:,.1f} h", "")
     con.print(t)
+    for st in plan.stages:
+        if st.get("ingest_cores_per_gpu") is not None:
+            con.print(f"ingest CPU cores per GPU, {st['name']} ({st['resolution']}²): "
+                      f"{st['ingest_cores_per_gpu']:.3g} ({1 / st['gpu_s_per_sample']:.3g} samples/s per GPU ÷ "
+                      f"{st['ingest_samples_per_s_per_core']:.3g} ingest samples/s per core)")
+        if st.get("activation_bytes_per_gpu") is not None:
+            mem = st["activation_bytes_per_gpu"]
+            con.print(f"activation memory per GPU, {st['name']} ({st['tokens']:,} tokens × "
+                      f"{st['samples_per_gpu_step']:g} samples): "
+                      f"{_bytes(mem['without_checkpointing'])} without checkpointing, "
+                      f"{_bytes(mem['with_checkpointing'])} with (float32 as measured; bf16 halves it)")
     for method in dict.fromkeys(st["method"] for st in plan.stages):
         con.print(f"GPU time basis: {method}")
     for note in plan.notes:

@@ -29,6 +29,7 @@ __all__, __getattr__ = door(__name__, {
     # pictures a person looks at
     "labelled_sheet": ".sheets",
     # training ingest
-    "read_corpus": ".ingest", "RowDecoder": ".ingest", "WhitelistDecoder": ".ingest", "SkipLedger": ".ingest",
+    "read_corpus": ".ingest", "crop_pair": ".ingest", "RowDecoder": ".ingest", "WhitelistDecoder": ".ingest",
+    "SkipLedger": ".ingest",
     "intact_shards": ".ingest", "read_shards": ".ingest",
 })

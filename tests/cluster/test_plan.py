@@ -150,3 +150,44 @@ def test_bytes_per_sample_follow_the_corpus_config(tmp_path):
     assert pl.corpus_shape(str(tmp_path / "c.yaml"))["exemplar_probability"] == 0.0
     with pytest.raises(pl.PlanError, match="no such corpus config"):
         pl.corpus_shape("no_such_corpus")
+
+
+def _bench_with_ingest_and_memory(tmp_path: Path) -> Path:
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "corpus_build.json").write_text((DATA / "bench" / "corpus_build.json").read_text())
+    train = json.loads((DATA / "bench" / "train_step.json").read_text())
+    train["activation_memory"] = {"hidden_size": 128, "num_layers": 4, "tokens": 4096}
+    train["activation_bytes_per_token_per_layer"] = {"without_checkpointing": 1000.0, "with_checkpointing": 100.0}
+    (bench / "train_step.json").write_text(json.dumps(train))
+    (bench / "ingest.json").write_text(json.dumps({"cores": 2, "resolutions": {
+        "512": {"ours": {"samples_per_s_per_core": 12.5}}, "1024": {"ours": {"samples_per_s_per_core": 2.5}}}}))
+    return bench
+
+
+def test_ingest_cores_per_gpu_and_activation_memory_follow_from_the_bench_files(tmp_path):
+    p = _plan_at(_bench_with_ingest_and_memory(tmp_path), "--peak-tflops", "420", "--mfu", "0.5",
+                 "--nodes", "4", "--gpus-per-node", "8", "--global-batch", "256")
+    s1, _, s3 = p["stages"]
+    # 420 TFLOP/s × 0.5 = 210 TFLOP/s per GPU. 512²: 4.2e12 / 2.1e14 = 0.02 s -> 50 samples/s per GPU.
+    assert s1["ingest_cores_per_gpu"] == pytest.approx(4.0)  # 50 / 12.5 samples/s per core
+    # 1024²: 1.8e13 / 2.1e14 = 0.0857 s -> 11.667 samples/s per GPU; / 2.5 per core = 4.667 cores.
+    assert s3["ingest_cores_per_gpu"] == pytest.approx(14 / 3)
+    # 2B: width 2304 / 128 = 18×; 512² -> 64² latent / patch 2 = 1,024 tokens; 24 layers; 256 / 32 GPUs = 8 samples.
+    assert s1["tokens"] == 1024 and s3["tokens"] == 4096
+    mem = s1["activation_bytes_per_gpu"]
+    assert mem["without_checkpointing"] == pytest.approx(1000 * 18 * 1024 * 24 * 8)  # 3.54 GB
+    # Checkpointed: 100 B per token per layer kept, plus one layer recomputed at a time (1000 B per token).
+    assert mem["with_checkpointing"] == pytest.approx((100 * 18 * 1024 * 24 + 1000 * 18 * 1024) * 8)  # 501 MB
+    assert p["sources"]["ingest"]["cores"] == 2
+
+
+def test_plan_works_without_ingest_json_and_says_cores_per_gpu_with_it(tmp_path):
+    p = _plan()  # data/bench has no ingest.json and no activation figures
+    assert all(st["ingest_cores_per_gpu"] is None and st["activation_bytes_per_gpu"] is None for st in p["stages"])
+    assert "ingest" not in p["sources"]
+    r = runner.invoke(app, ["cluster", "plan", "--bench-dir", str(_bench_with_ingest_and_memory(tmp_path)),
+                            "--peak-tflops", "420", "--mfu", "0.5"])
+    assert r.exit_code == 0, r.output
+    assert "ingest CPU cores per GPU, stage1 (512²): 4 (50 samples/s per GPU ÷ 12.5" in r.output
+    assert "activation memory per GPU, stage3 (4,096 tokens × 8 samples)" in r.output

@@ -129,3 +129,42 @@ def test_peak_table_names_real_cards_and_no_guess_for_unknown_ones():
     assert mod.peak_bf16("NVIDIA H100 NVL") == 835e12
     assert mod.peak_bf16("NVIDIA A100-SXM4-80GB") == 312e12
     assert mod.peak_bf16("NVIDIA GeForce RTX 4090") is None  # no figure, rather than the A100's
+
+
+def _saved_by_graph(net, x: dict) -> int:
+    """Bytes of every tensor the autograd graph saved, read off its nodes (``_saved_*``), storages counted once,
+    parameters left out: a measure independent of the bench's saved-tensor hooks."""
+    params = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    loss = net(**x).square().mean()
+    seen, todo, kept = set(), [loss.grad_fn], {}
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for name in dir(node):
+            if name.startswith("_saved_"):
+                vals = getattr(node, name)
+                for t in vals if isinstance(vals, (tuple, list)) else (vals,):
+                    if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in params:
+                        kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        todo.extend(n for n, _ in node.next_functions)
+    return sum(kept.values())
+
+
+def test_activation_memory_matches_the_graphs_saved_tensors_and_checkpointing_keeps_less(bench):
+    from training.model import OmniLV
+
+    m = bench.activation_memory(hidden_size=32, num_layers=2, latent=16, heads=2)
+    assert m["tokens"] == 64  # 16² latent, patch 2
+    without, with_ck = m["bytes_per_sample"]["without_checkpointing"], m["bytes_per_sample"]["with_checkpointing"]
+    assert m["activation_bytes_per_token_per_layer"]["without_checkpointing"] == without / (64 * 2)
+    torch.manual_seed(0)
+    net = OmniLV.from_preset("tiny", hidden_size=32, num_layers=2, num_attention_heads=2)
+    g = torch.Generator().manual_seed(0)
+    x = {"x_t": torch.randn(1, 3, 16, 16, generator=g), "t": torch.rand(1, generator=g),
+         "cond": torch.randn(1, 3, 16, 16, generator=g), "text": torch.randn(1, bench.TEXT_TOKENS, 32, generator=g),
+         "text_mask": torch.ones(1, bench.TEXT_TOKENS, dtype=torch.bool)}
+    assert without == pytest.approx(_saved_by_graph(net, x), rel=0.02)
+    # Checkpointed, each block keeps at least its (1, 64, 32) float32 input: 8 KiB per layer, and far less in all.
+    assert 2 * 64 * 32 * 4 <= with_ck < 0.6 * without
