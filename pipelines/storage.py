@@ -40,6 +40,10 @@ class StorageError(OmniLVError):
     """A path or name that would leave its destination, or storage that is not where it should be."""
 
 
+class NothingThere(StorageError, FileNotFoundError):
+    """A remote folder with nothing under it."""
+
+
 # -- paths -----------------------------------------------------------------------------------------
 def is_remote(path: str | Path) -> bool:
     """True for ``scheme://`` URLs other than ``file://``."""
@@ -146,7 +150,7 @@ def local_copy(path: str | Path) -> Iterator[Path]:
     bare = url.split("://", 1)[1]
     found = [f for f in fs.find(bare) if f.startswith(bare + "/")]
     if not found:
-        raise FileNotFoundError(f"{url}: nothing there (is it the right prefix, and is the upload complete?)")
+        raise NothingThere(f"{url}: nothing there (is it the right prefix, and is the upload complete?)")
     names = [inside(f[len(bare) + 1:], f"{url}: key") for f in found]  # all checked before anything is written
     with tempfile.TemporaryDirectory(prefix="omnilv-dl-") as tmp:
         for f, name in zip(found, names, strict=True):
