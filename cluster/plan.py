@@ -276,16 +276,19 @@ def _ingest_cores(stage: dict, ingest: dict | None, path: Path) -> dict:
             "ingest_cores_per_gpu": 1.0 / stage["gpu_s_per_sample"] / per_core}
 
 
+#: The shape of the ``2b`` preset (training/model/presets.py), which cluster may not import; a train_step.json that
+#: records ``activation_memory["2b"]`` overrides it.
+TWO_B = {"hidden_size": 2304, "patch_size": 2, "num_layers": 24}
+
+
 def _activation_memory(stage: dict, train: dict, p: PlanInputs, gpus: int) -> dict:
     """Activation bytes per GPU, with and without checkpointing: the bench's bytes per token per layer scaled by the
     2B width over the bench's, times the stage's tokens and the 2B's layers, times samples per GPU per step.
     Checkpointed, one layer is recomputed at a time in the backward: that layer's uncheckpointed bytes come on top."""
-    from training.model import preset
-
     per_tl, mem = train.get("activation_bytes_per_token_per_layer"), train.get("activation_memory")
     if not isinstance(per_tl, dict) or not isinstance(mem, dict):
         return {"activation_bytes_per_gpu": None}
-    big = preset("2b")
+    big = {**TWO_B, **(mem.get("2b") or {})}
     width = big["hidden_size"] / float(mem["hidden_size"])
     tokens = (stage["resolution"] // 8 // big["patch_size"]) ** 2  # 8× VAE latent, one token per patch
     per_gpu = p.global_batch / gpus  # samples per GPU per step (no gradient accumulation)

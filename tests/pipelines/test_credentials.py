@@ -21,6 +21,11 @@ def no_credentials(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens: no request may go out anyway
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # a filesystem cached by an earlier test would still hold its keys
+    yield
+    s3fs.S3FileSystem.clear_instance_cache()
 
 
 def test_reading_a_manifest_without_credentials(no_credentials):
