@@ -23,7 +23,12 @@
 - Activation memory: bytes kept for backward per sample of the ``tiny`` preset widened (D 128, 4 layers) on a
   4,096-token image, with and without ``model.activation_checkpointing``, and per token per layer (the planner scales
   that to the 2B width). ``--memory-only`` measures just this and merges it into ``--out``.
-- GPU (only when CUDA is available): samples/s and MFU of the 2B preset at 512² in bf16 (target ≥ 40%).
+- GPU (only when CUDA is available): samples/s and MFU of the 2B preset at 512² in bf16 (target ≥ 40%): a bare
+  bf16 AdamW step (no fp32 masters, no ZeRO, no encoders: an upper bound), and the real step, ``real_step``: Ray
+  Train + DeepSpeed ZeRO-2 bf16 with fp32 masters, a VAE of SDXL's shape (random weights: the same FLOPs) encoding
+  every batch and the text encoder, over a 512² corpus. MFU counts the model's FLOPs only (the usual definition);
+  the encoders' time is part of the step. Without a GPU the same real-step code runs the tiny preset on CPU
+  (samples/s only: a CPU has no entry in the peak table).
 """
 
 from __future__ import annotations
@@ -310,6 +315,49 @@ def gpu_bench() -> dict | None:
             **mfu_bench(torch.device("cuda"), "2b", latent=64, batch=8, peak=peak)}
 
 
+def sdxl_shaped_vae(folder: Path) -> Path:
+    """A diffusers AutoencoderKL with SDXL's architecture (8x down, 4 latent channels) and random weights."""
+    from diffusers import AutoencoderKL
+
+    blocks = 4
+    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * blocks,
+                        up_block_types=("UpDecoderBlock2D",) * blocks,
+                        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                        sample_size=1024, scaling_factor=0.13025)
+    vae.save_pretrained(folder)
+    return folder
+
+
+def real_step(tmp: Path, *, gpu: bool, steps: int = 30, batch: int | None = None) -> dict:
+    """Samples/s and MFU of the real training step: ``run_stage`` (Ray Train + DeepSpeed ZeRO-2) on a written
+    corpus. GPU: the 2B preset, 512², bf16, an SDXL-shaped VAE; CPU: the tiny preset at 32² in fp32."""
+    from training.config import load_train_config
+    from training.model import TextEncoder
+    from training.run import run_stage
+
+    resolution, preset, batch = (512, "2b", batch or 8) if gpu else (32, "tiny", batch or 8)
+    corpus = write_corpus(tmp / f"real{resolution}", n=max(64, batch * 8), size=resolution)
+    codec = str(sdxl_shaped_vae(tmp / "vae")) if gpu else "pixel"
+    window = max(1, steps // 3)
+    cfg = load_train_config({
+        "model": {"preset": preset, "activation_checkpointing": False}, "text": "tiny", "codec": codec,
+        "data": {"corpus": str(corpus), "resolution": resolution, "batch_size": batch, "random_crop": False},
+        "schedule": {"steps": steps, "checkpoint_every": 10**6, "log_every": window},
+        "deepspeed": {"zero_stage": 2, "precision": "bf16" if gpu else "fp32"},
+        "stage": {"name": f"bench_real_{preset}"},
+        "run": {"workers": 1, "use_gpu": gpu, "cpus_per_worker": 4 if gpu else 1, "storage_path": str(tmp / "runs"),
+                "export": False}})
+    m = run_stage(cfg, progress=False).metrics
+    latent = resolution // (8 if gpu else 1)
+    flops = flops_per_sample(preset, latent, 4 if gpu else 3, TextEncoder.from_spec("tiny").dim)
+    peak = peak_bf16(torch.cuda.get_device_name()) if gpu else None
+    sps = float(m["samples_per_s"])
+    return {"device": "cuda" if gpu else "cpu", "preset": preset, "resolution": resolution, "batch_size": batch,
+            "precision": cfg.deepspeed.precision, "samples_per_s": sps, "flops_per_sample": flops,
+            "data_wait_fraction": m.get("data_wait_fraction"), "peak_flops": peak,
+            "mfu": sps * flops / peak if peak else None}
+
+
 def merge_memory(out: Path) -> None:
     """``--memory-only``: the activation figures merged into an existing ``out`` (the rest of it is kept)."""
     report = json.loads(out.read_text()) if out.is_file() else {}
@@ -331,11 +379,26 @@ def main() -> None:
     ap.add_argument("--cores", choices=("isolated", "shared"), default="isolated" if isolate else "shared",
                     help="isolated: the training step on a core of its own (default where possible); shared: "
                          "the OS places every process")
+    ap.add_argument("--real-step-only", action="store_true",
+                    help="measure only the real Ray Train + DeepSpeed step (MFU on a GPU) and merge it into --out")
     ap.add_argument("--memory-only", action="store_true",
                     help="measure only the activation memory (with/without checkpointing) and merge it into --out")
     args = ap.parse_args()
     if args.memory_only:
         merge_memory(Path(args.out))
+        return
+    if args.real_step_only:
+        from pipelines import ensure_ray
+
+        ensure_ray()
+        with tempfile.TemporaryDirectory() as tmp:
+            real = real_step(Path(tmp), gpu=torch.cuda.is_available())
+        out = Path(args.out)
+        report = json.loads(out.read_text()) if out.is_file() else {}
+        report["real_step"] = real
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1))
+        print(json.dumps(real, indent=1))
         return
     from pipelines import ensure_ray
 
@@ -366,10 +429,12 @@ def main() -> None:
             r["per_round_step_ratios"] = [round(a["step_s"] / b["step_s"], 3) for a, b in
                                           zip(runs[f"ray_deepspeed_zero{zero}"], runs["bare"], strict=True)]
             cpu[f"ray_deepspeed_zero{zero}"] = r
+        real = real_step(Path(tmp), gpu=torch.cuda.is_available())
     flops = {"tiny": flops_per_sample("tiny", 32, 3, 32), "stage1_512": flops_per_sample("2b", 64, 4, 2304),
              "stage3_1024": flops_per_sample("2b", 128, 4, 2304)}
     mem = activation_memory()
-    report = {"cpu": cpu, "flops_per_sample": flops, "gpu": gpu_bench(), "activation_memory": mem,
+    report = {"cpu": cpu, "flops_per_sample": flops, "gpu": gpu_bench(), "real_step": real,
+              "activation_memory": mem,
               "activation_bytes_per_token_per_layer": mem["activation_bytes_per_token_per_layer"],
               "notes": "flops: forward+backward per sample, latent 512²/8 and 1024²/8, 128 text tokens; "
                        "VAE and text-encoder FLOPs excluded (latent cache)"}

@@ -13,6 +13,7 @@ with one box (seeded per key), and counts every skip in a :class:`SkipLedger` ac
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections import Counter
 from typing import Any
@@ -143,17 +144,18 @@ class RowDecoder:
 
 
 class DecodeCrop(RowDecoder):
-    """Raw rows -> float32 (H, W, 3) images in [0, 1], one crop box per (input, target) pair.
+    """Raw rows -> (H, W, 3) crops, one crop box per (input, target) pair: inputs uint8, targets uint16
+    (:func:`to_pixels`).
 
     Random crops are seeded by (seed, sample key, epoch): the same in every rerun, new in every epoch. Ray Data
     starts new decoders for each pass over the dataset; each reads the epoch from the ledger when it starts.
     """
 
     def __init__(self, sizes: list[tuple[int, int]], random_crop: bool, use_exemplars: bool, seed: int,
-                 ledger: Any = None) -> None:
+                 ledger: Any = None, keep_json: bool = False) -> None:
         cv2.setNumThreads(1)  # one thread per task: the train workers own the cores
         self.sizes, self.random_crop, self.use_exemplars = [tuple(s) for s in sizes], random_crop, use_exemplars
-        self.seed, self.ledger = seed, ledger
+        self.seed, self.ledger, self.keep_json = seed, ledger, keep_json
         self.epoch = ray.get(ledger.epoch.remote()) if ledger is not None and random_crop else 0
 
     def _one(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -171,9 +173,25 @@ class DecodeCrop(RowDecoder):
             ref_in, ref_tgt = crop_pair(sample.ref_input, sample.ref_target, size, rng)
         else:
             ref_in = ref_tgt = np.zeros_like(tgt)
-        return {"key": sample.key, "txt": sample.instruction, "task": str(sample.meta.get("task", "")),
-                "input": inp, "target": tgt, "ref_input": ref_in, "ref_target": ref_tgt,
-                "ref_mask": np.bool_(has_ref), "bucket": np.int32(bucket)}
+        inp, ref_in = to_pixels(inp, np.uint8), to_pixels(ref_in, np.uint8)
+        tgt, ref_tgt = to_pixels(tgt, np.uint16), to_pixels(ref_tgt, np.uint16)
+        row = {"key": sample.key, "txt": sample.instruction, "task": str(sample.meta.get("task", "")),
+               "input": inp, "target": tgt, "ref_input": ref_in, "ref_target": ref_tgt,
+               "ref_mask": np.bool_(has_ref), "bucket": np.int32(bucket)}
+        if self.keep_json:  # the record as stored (annotation tasks read their instances from it)
+            if inp.shape[:2] != sample.target.shape[:2]:
+                raise SchemaError(f"sample {sample.key}: stored at {sample.target.shape[1]}x{sample.target.shape[0]}, "
+                                  f"read at {size[1]}x{size[0]}: its annotations would not fit the crop")
+            row["json"] = json.dumps(sample.meta, sort_keys=True)
+        return row
+
+
+def to_pixels(img: np.ndarray, dtype: type) -> np.ndarray:
+    """A float [0, 1] crop as the integers rows travel in: inputs are 8-bit PNGs (uint8, exact), targets 8- or 16-bit
+    (uint16, exact for both: k/255 is 257k/65535). A quarter and a half of float32's bytes through the object store
+    and into the trainer; :func:`training.data.to_tensor` turns them back into floats."""
+    peak = float(np.iinfo(dtype).max)
+    return np.rint(np.clip(img, 0.0, 1.0) * peak).astype(dtype)
 
 
 def stack_rows(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -185,7 +203,7 @@ def stack_rows(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         vals = [r[col] for r in rows]
         if isinstance(vals[0], np.ndarray) and vals[0].ndim == 3:
             same = all(v.shape == vals[0].shape for v in vals)
-            out[col] = np.stack(vals).astype(np.float32) if same else _ragged(vals)
+            out[col] = np.stack(vals) if same else _ragged(vals)
         elif isinstance(vals[0], str):
             out[col] = np.array(vals, dtype=object)
         else:
@@ -195,14 +213,17 @@ def stack_rows(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 def _ragged(vals: list[np.ndarray]) -> np.ndarray:
     arr = np.empty(len(vals), dtype=object)
-    arr[:] = [np.ascontiguousarray(v, dtype=np.float32) for v in vals]
+    arr[:] = [np.ascontiguousarray(v) for v in vals]
     return arr
 
 
 def read_corpus(corpus: str, sizes: list[tuple[int, int]], *, random_crop: bool = True, use_exemplars: bool = False,
                 seed: int = 0, read_cpus: float = 0.25, max_tasks: int = 2, ledger: Any = None,
-                skip_shards: int = 0) -> ray.data.Dataset:
-    """The training dataset of ``corpus``: rows {key, txt, task, input, target, ref_*, ref_mask, bucket}.
+                skip_shards: int = 0, keep_json: bool = False) -> ray.data.Dataset:
+    """The training dataset of ``corpus``: rows {key, txt, task, input, target, ref_*, ref_mask, bucket[, json]}.
+
+    ``keep_json`` adds each sample's json record (annotation tasks need their instances); the samples must then
+    be read at their stored size (no crop), or they are counted as corrupt.
 
     ``skip_shards`` leaves out the manifest's first shards (a resumed run's rest of an epoch); shards whose size
     differs from the manifest's are left out and counted (:func:`intact_shards`).
@@ -210,7 +231,8 @@ def read_corpus(corpus: str, sizes: list[tuple[int, int]], *, random_crop: bool 
     urls = intact_shards(corpus, skip_shards=skip_shards, ledger=ledger)
     return read_shards(urls, COLUMNS, read_cpus=read_cpus, max_tasks=max_tasks).map_batches(
         DecodeCrop, fn_constructor_kwargs=dict(
-            sizes=sizes, random_crop=random_crop, use_exemplars=use_exemplars, seed=seed, ledger=ledger),
+            sizes=sizes, random_crop=random_crop, use_exemplars=use_exemplars, seed=seed, ledger=ledger,
+            keep_json=keep_json),
         batch_size=16, batch_format="numpy", num_cpus=read_cpus,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max_tasks))
 

@@ -88,7 +88,7 @@ class EncodeLatents:
         n = len(batch["key"])
         jobs = [(i, col) for i in range(n) for col in ARRAYS[:4]
                 if col in ("target", "input") or bool(batch["ref_mask"][i])]
-        latents = self._encode_images([np.asarray(batch[col][i], dtype=np.float32) for i, col in jobs])
+        latents = self._encode_images([np.asarray(batch[col][i]) for i, col in jobs])
         out: dict[str, np.ndarray] = {c: np.full(n, b"", dtype=object) for c in ARRAYS}
         for (i, col), lat in zip(jobs, latents, strict=True):
             out[col][i] = npy_bytes(lat)
@@ -110,11 +110,11 @@ class EncodeLatents:
         out: list[np.ndarray] = [np.empty(0)] * len(images)
         by_shape: dict[tuple, list[int]] = defaultdict(list)
         for j, img in enumerate(images):
-            by_shape[img.shape].append(j)
-        for shape, idx in by_shape.items():
+            by_shape[(img.shape, img.dtype.str)].append(j)  # inputs travel as uint8, targets as uint16
+        for (shape, _), idx in by_shape.items():
             for s in range(0, len(idx), self.micro):
                 chunk = idx[s:s + self.micro]
-                x = np.zeros((self.micro, *shape), dtype=np.float32)
+                x = np.zeros((self.micro, *shape), dtype=images[chunk[0]].dtype)  # uint8 / uint16 rows
                 x[:len(chunk)] = [images[j] for j in chunk]
                 lat = self.codec.encode(to_tensor(x).to(self.device)).float().cpu().numpy()  # (micro, C, h, w)
                 for k, j in enumerate(chunk):

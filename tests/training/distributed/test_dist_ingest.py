@@ -14,7 +14,8 @@ def test_pickle_and_corrupt_members_are_skipped_with_a_count_never_decoded(ray_l
     rows = read_corpus(str(root), [(16, 16)], ledger=ledger, read_cpus=0.25, max_tasks=1).take_all()
     keys = sorted(r["key"] for r in rows)
     assert keys == [f"k{i:04d}" for i in range(9) if i != 1]  # k0001 has the truncated input.png
-    assert rows[0]["input"].shape == (16, 16, 3) and rows[0]["input"].dtype == np.float32
+    assert rows[0]["input"].shape == (16, 16, 3) and rows[0]["input"].dtype == np.uint8
+    assert rows[0]["target"].dtype == np.uint16
     assert not canary.exists(), "a pickle member was deserialised"
     counts = ray_local.get(ledger.totals.remote())
     assert counts == {"member:pyd": 1, "member:pickle": 1, "corrupt:input.png": 1}
@@ -54,3 +55,21 @@ def test_random_crops_are_new_each_epoch_and_the_same_on_a_rerun(ray_local, tiny
     assert moved > 24, f"only {moved}/32 crops changed with the epoch"  # 9×9 boxes in a 24×24 image
     ray.get(ledger.set_epoch.remote(0))
     assert all(np.array_equal(first[k], v) for k, v in crops().items())
+
+
+def test_rows_travel_as_integers_and_come_back_as_the_stored_values():
+    """Inputs as uint8, targets as uint16: exact for 8- and 16-bit PNG values, a quarter / half of float32's bytes."""
+    import torch
+
+    from pipelines.ingest import to_pixels
+    from pipelines.schema import quantize
+    from training.data import to_tensor
+
+    rng = np.random.default_rng(0)
+    img8, img16 = quantize(rng.random((2, 5, 7, 3)), 8), quantize(rng.random((2, 5, 7, 3)), 16)
+    as8, as16, t8 = to_pixels(img8, np.uint8), to_pixels(img16, np.uint16), to_pixels(img8, np.uint16)
+    assert as8.dtype == np.uint8 and as16.dtype == np.uint16 and as8.nbytes * 4 == img8.astype(np.float32).nbytes
+    for pixels, original in ((as8, img8), (as16, img16), (t8, img8)):
+        back = (to_tensor(pixels) + 1) / 2  # (B, 3, H, W) in [0, 1]
+        assert torch.allclose(back, torch.from_numpy(original).permute(0, 3, 1, 2), atol=1e-6)
+    assert to_tensor(img8).dtype == torch.float32  # floats in [0, 1] still work (restore, benches)

@@ -70,3 +70,20 @@ def test_a_text_layer_the_encoder_does_not_have_is_a_clear_error(tmp_path):
     with pytest.raises(EncoderError, match=r"text layer -4: .* has 2 layers, so hidden states -3..2"):
         _encoder(tmp_path, "right", layer=-4)
     assert TextEncoder.from_spec("tiny", layer=-2).encode(["x"])[0].shape == (1, 3, 32)
+
+
+def test_the_text_cache_stays_under_its_byte_bound_and_gives_the_uncached_features():
+    enc = TextEncoder.from_spec("tiny")
+    bounded, fresh = Prepare(None, enc, torch.device("cpu"), False), Prepare(None, enc, torch.device("cpu"), False)
+    texts = [f"denoise image {i:02d}" for i in range(12)]  # the same length: every entry costs the same bytes
+    emb, mask = enc.encode(texts[:1])
+    entry = emb[0].nelement() * emb.element_size() + mask[0].nelement() * mask.element_size()
+    bounded.TEXT_CACHE_BYTES = 5 * entry
+    for i in range(1, len(texts), 3):
+        batch = texts[i:i + 3] + texts[:1]  # the first is in every batch: recently used, so kept
+        emb, mask = bounded.encode_text(batch)
+        ref_emb, ref_mask = fresh.encode_text(batch)
+        assert torch.equal(mask, ref_mask) and torch.allclose(emb, ref_emb)
+        assert bounded._cached_bytes <= bounded.TEXT_CACHE_BYTES
+    assert len(bounded._text_cache) == 5 and len(fresh._text_cache) == len(texts)
+    assert texts[0] in bounded._text_cache and texts[-1] in bounded._text_cache
