@@ -30,8 +30,22 @@ from degradations.compose import (
            synthesize,
            task_for,
 )
+from degradations.heatmaps import (
+           box_maps,
+           decode_boxes,
+           decode_mask,
+           decode_points,
+           draw_gaussian,
+           find_peaks,
+           gaussian_radius,
+           mask_maps,
+           point_maps,
+)
 from degradations.samples import bgr_to_rgb01, data_dir, default_image, load_rgb, sample_paths
+from degradations.vision import INSTRUCTIONS as VISION_INSTRUCTIONS
 
-__all__ = ["Annotations", "Apply", "Chain", "Degradation", "Maybe", "OneOf", "PluginError", "Shuffle", "Step",
-           "Synthesis", "Task", "allowed", "bgr_to_rgb01", "data_dir", "default_image", "draw_bool", "draw_float",
-           "draw_int", "limits", "load_rgb", "registry", "replay", "sample_paths", "synthesize", "task_for"]
+__all__ = ["VISION_INSTRUCTIONS", "Annotations", "Apply", "Chain", "Degradation", "Maybe", "OneOf", "PluginError",
+           "Shuffle", "Step", "Synthesis", "Task", "allowed", "bgr_to_rgb01", "box_maps", "data_dir", "decode_boxes",
+           "decode_mask", "decode_points", "default_image", "draw_bool", "draw_float", "draw_gaussian", "draw_int",
+           "find_peaks", "gaussian_radius", "limits", "load_rgb", "mask_maps", "point_maps", "registry", "replay",
+           "sample_paths", "synthesize", "task_for"]

@@ -39,8 +39,8 @@ import numpy as np
 
 from omnilv.errors import OmniLVError
 
-Domain = Literal["restoration", "enhancement", "dense", "stylization"]
-DOMAINS: tuple[str, ...] = ("restoration", "enhancement", "dense", "stylization")
+Domain = Literal["restoration", "enhancement", "dense", "stylization", "vision-centric"]
+DOMAINS: tuple[str, ...] = ("restoration", "enhancement", "dense", "stylization", "vision-centric")
 #: Domains whose sample is ``input = apply(clean), target = clean``; the others invert it.
 DEGRADING_DOMAINS: frozenset[str] = frozenset({"restoration", "enhancement"})
 
@@ -54,7 +54,8 @@ class Annotations:
     """Per-image annotations for annotation-driven tasks (pixel coordinates of the image passed in).
 
     boxes: (N, 4) xyxy; keypoints: (N, K, 3) x, y, visibility; masks: (N, H, W) bool;
-    labels: one class name per instance; referring: a referring expression per instance.
+    labels: one class name per instance; referring: a referring expression per instance (``""`` when none);
+    keypoint_names: one name per keypoint (K,).
     """
 
     boxes: np.ndarray | None = None
@@ -62,6 +63,7 @@ class Annotations:
     masks: np.ndarray | None = None
     labels: tuple[str, ...] = ()
     referring: tuple[str, ...] = ()
+    keypoint_names: tuple[str, ...] = ()
 
     def has(self, name: str) -> bool:
         value = getattr(self, name)

@@ -2,6 +2,11 @@
 
 Every check runs on small crops of a real photograph so the whole contract takes well under a second
 per plugin; ``sizes=(512, 1024)`` adds the optional full-size run.
+
+A plugin that declares ``requires`` gets :func:`synthetic_annotations` for the crop in every check, and
+:data:`ANNOTATION_CHECKS` besides: its annotation fields exist, it copes with objects at the crop's edges
+(the annotation counterpart of range extremes), a crop with no object gives a ``PluginError`` or a valid
+output, and its output changes when the annotations move.
 """
 
 from __future__ import annotations
@@ -71,16 +76,59 @@ def probe_image(height: int = 61, width: int = 83) -> np.ndarray:
     return np.ascontiguousarray(cv2.resize(crop, (width, height), interpolation=cv2.INTER_AREA), dtype=np.float32)
 
 
+#: The keypoints of :func:`synthetic_annotations`, one name each (an instruction cites the name).
+KEYPOINT_NAMES = ("top", "middle", "bottom")
+
+
 def synthetic_annotations(h: int, w: int) -> Annotations:
-    """Two objects with boxes, 3 keypoints each, masks, labels and referring expressions."""
-    boxes = np.array([[w * 0.1, h * 0.1, w * 0.5, h * 0.6], [w * 0.4, h * 0.3, w * 0.9, h * 0.9]], np.float32)
-    kps = np.stack([np.stack([np.linspace(b[0], b[2], 3), np.linspace(b[1], b[3], 3), np.full(3, 2.0)], axis=1)
-                    for b in boxes]).astype(np.float32)
-    masks = np.zeros((2, h, w), bool)
-    for i, (x0, y0, x1, y1) in enumerate(boxes.astype(int)):
-        masks[i, y0:y1, x0:x1] = True
-    return Annotations(boxes=boxes, keypoints=kps, masks=masks, labels=("person", "dog"),
-                       referring=("the person on the left", "the dog on the right"))
+    """Three objects (two of one category) for an (h, w) image, every field filled and consistent.
+
+    Each mask is an ellipse whose tight bounding box is the object's box (integer corners); the keypoints lie on
+    the box's vertical axis, one of them labelled invisible (v = 0); the third object has no referring expression.
+    """
+    frac = np.array([[0.10, 0.10, 0.50, 0.60], [0.40, 0.30, 0.90, 0.90], [0.60, 0.05, 0.95, 0.35]])
+    boxes = np.maximum(np.round(frac * [w, h, w, h]), [0, 0, 0, 0]).astype(np.float32)
+    boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 2)  # at least 2x2 on a tiny image
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    masks = np.zeros((len(boxes), h, w), bool)
+    kps = np.zeros((len(boxes), len(KEYPOINT_NAMES), 3), np.float32)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
+        masks[i] = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1.0
+        masks[i, int(y0):int(y1), int(cx)] = True  # the axes reach the box's edges: its tight bounding box
+        masks[i, int(cy), int(x0):int(x1)] = True
+        kps[i, :, 0], kps[i, :, 1], kps[i, :, 2] = cx, np.linspace(y0, y1 - 1, len(KEYPOINT_NAMES)), 2.0
+    kps[1, 2, 2] = 0.0
+    return Annotations(boxes=boxes, keypoints=kps, masks=masks, labels=("person", "dog", "person"),
+                       referring=("the person on the left", "the dog on the right", ""),
+                       keypoint_names=KEYPOINT_NAMES)
+
+
+def extreme_annotations(h: int, w: int) -> Iterator[tuple[str, Annotations]]:
+    """One-object annotations at the edges of what a crop can hold, each with every field filled."""
+    def one(box: list[float], mask: np.ndarray, points: list[tuple[float, float]]) -> Annotations:
+        kps = np.array([[[x, y, 2.0] for x, y in points]], np.float32)
+        return Annotations(boxes=np.array([box], np.float32), keypoints=kps, masks=mask[None],
+                           labels=("thing",), referring=("the thing",), keypoint_names=KEYPOINT_NAMES)
+
+    full = np.ones((h, w), bool)
+    yield "one object filling the image", one([0, 0, w, h], full, [(0, 0), (w / 2, h / 2), (w - 1, h - 1)])
+    corner = np.zeros((h, w), bool)
+    corner[h - 1, w - 1] = True
+    yield "a 1x1 object in the bottom-right corner", one([w - 1, h - 1, w, h], corner, [(w - 1, h - 1)] * 3)
+    edge = np.zeros((h, w), bool)
+    edge[:5, :7] = True
+    yield "an object cut by the top-left border", one([-4.5, -3.0, 7.0, 5.0], edge, [(0, 0), (3.2, 2.7), (6.9, 4.9)])
+    thin = np.zeros((h, w), bool)
+    thin[2:h - 2, w // 2] = True
+    yield "a one-pixel-wide object", one([w // 2, 2, w // 2 + 1, h - 2], thin, [(w // 2, 2), (w // 2, h // 2),
+                                                                               (w // 2, h - 3)])
+
+
+def empty_annotations(h: int, w: int) -> Annotations:
+    """No instances at all (every array empty), as a crop with no object in it has."""
+    return Annotations(boxes=np.zeros((0, 4), np.float32), keypoints=np.zeros((0, len(KEYPOINT_NAMES), 3),
+                       np.float32), masks=np.zeros((0, h, w), bool), keypoint_names=KEYPOINT_NAMES)
 
 
 class _Runner:
@@ -92,14 +140,14 @@ class _Runner:
         self.ann = synthetic_annotations(*self.img.shape[:2]) if cls.requires else None
 
     def kw(self, ann: Annotations | None = None) -> dict[str, Any]:
-        return {"ann": ann or self.ann} if self.cls.requires else {}
+        return {"ann": self.ann if ann is None else ann} if self.cls.requires else {}
 
     def sample(self, plugin: Degradation, seed: int = 0) -> dict[str, Any]:
         return plugin.sample_params(np.random.default_rng(seed), **self.kw())
 
     def apply(self, plugin: Degradation, params: dict[str, Any], img: np.ndarray | None = None,
-              seed: int = 7) -> np.ndarray:
-        return plugin.apply(self.img if img is None else img, np.random.default_rng(seed), **params, **self.kw())
+              seed: int = 7, ann: Annotations | None = None) -> np.ndarray:
+        return plugin.apply(self.img if img is None else img, np.random.default_rng(seed), **params, **self.kw(ann))
 
     def valid_output(self, out: Any, img: np.ndarray, what: str) -> None:
         _require(isinstance(out, np.ndarray), f"{what}: apply returned {type(out).__name__}, not an ndarray")
@@ -269,6 +317,51 @@ def _small_image(r: _Runner) -> None:
     r.valid_output(plugin.apply(tiny, np.random.default_rng(0), **params, **r.kw(ann)), tiny, "33x47 image")
 
 
+def _requires_known_fields(r: _Runner) -> None:
+    known = {f.name for f in dataclasses.fields(Annotations)}
+    unknown = [f for f in r.cls.requires if f not in known]
+    _require(not unknown, f"requires {unknown}, which are not Annotations fields {sorted(known)}")
+
+
+def _annotation_extremes(r: _Runner) -> None:
+    """The annotation counterpart of range extremes: objects at the borders, 1 px, cut by the crop, whole."""
+    plugin = r.cls()
+    h, w = r.img.shape[:2]
+    for label, ann in extreme_annotations(h, w):
+        for seed in (0, 1):
+            params = plugin.sample_params(np.random.default_rng(seed), **r.kw(ann))
+            out = plugin.apply(r.img, np.random.default_rng(seed), **params, **r.kw(ann))
+            r.valid_output(out, r.img, label)
+
+
+def _no_instances(r: _Runner) -> None:
+    """A crop with no object: a PluginError (the corpus builder skips the sample) or a valid output."""
+    plugin = r.cls()
+    ann = empty_annotations(*r.img.shape[:2])
+    try:
+        params = plugin.sample_params(np.random.default_rng(0), **r.kw(ann))
+        out = plugin.apply(r.img, np.random.default_rng(0), **params, **r.kw(ann))
+    except PluginError:
+        return
+    r.valid_output(out, r.img, "no instances")
+
+
+def _follows_annotations(r: _Runner) -> None:
+    """The target comes from the annotations: the same params on mirrored annotations give another output."""
+    plugin, ann = r.cls(), r.ann
+    assert ann is not None
+    w = r.img.shape[1]
+    mirrored = dataclasses.replace(
+        ann, boxes=np.stack([w - ann.boxes[:, 2], ann.boxes[:, 1], w - ann.boxes[:, 0], ann.boxes[:, 3]], axis=1),
+        keypoints=np.concatenate([w - 1 - ann.keypoints[..., :1], ann.keypoints[..., 1:]], axis=-1),
+        masks=np.ascontiguousarray(ann.masks[:, :, ::-1]))
+    for seed in range(3):
+        params = r.sample(plugin, seed)
+        a, b = r.apply(plugin, params), r.apply(plugin, params, ann=mirrored)
+        _require(not np.array_equal(a, b), f"params {params!r} give the same output on mirrored annotations: "
+                                           "apply ignores the annotations passed as ann=")
+
+
 CHECKS: tuple[tuple[str, Callable[[_Runner], None]], ...] = (
     ("instantiable with defaults", _instantiable),
     ("declares ranges/choices", _declares_parameters),
@@ -280,6 +373,13 @@ CHECKS: tuple[tuple[str, Callable[[_Runner], None]], ...] = (
     ("every range extreme and choice", _extremes),
     ("no global RNG", _no_global_rng),
     ("small odd image", _small_image),
+)
+#: Run after :data:`CHECKS` for plugins that declare ``requires`` (they have annotations as well as ranges).
+ANNOTATION_CHECKS: tuple[tuple[str, Callable[[_Runner], None]], ...] = (
+    ("requires names Annotations fields", _requires_known_fields),
+    ("annotation extremes", _annotation_extremes),
+    ("no instances: PluginError or valid", _no_instances),
+    ("output follows the annotations", _follows_annotations),
 )
 
 
@@ -299,7 +399,7 @@ def run_checks(target: type[Degradation] | str, sizes: tuple[int, ...] = ()) -> 
         return [Result(str(target), "loadable", False, str(exc))]
     runner = _Runner(cls, name)
     results: list[Result] = []
-    checks = list(CHECKS) + [(f"runs at {s}x{s}", _sized(s)) for s in sizes]
+    checks = [*CHECKS, *(ANNOTATION_CHECKS if cls.requires else ()), *((f"runs at {s}x{s}", _sized(s)) for s in sizes)]
     for label, fn in checks:
         try:
             fn(runner)

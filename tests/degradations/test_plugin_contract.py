@@ -12,7 +12,7 @@ import pytest
 
 from degradations import registry
 from degradations.base import Degradation, PluginError, limits
-from degradations.check import check_plugin, probe_image
+from degradations.check import ANNOTATION_CHECKS, check_plugin, probe_image, run_checks, synthetic_annotations
 
 ALL = registry.names()
 
@@ -21,7 +21,7 @@ def test_at_least_forty_builtins_over_all_domains():
     builtins = [n for n, e in registry.entries().items() if e.source.startswith("omnilv ")]
     assert len(builtins) >= 40, builtins
     domains = {registry.get(n).domain for n in builtins}
-    assert domains == {"restoration", "enhancement", "dense", "stylization"}
+    assert domains == {"restoration", "enhancement", "dense", "stylization", "vision-centric"}
 
 
 @pytest.mark.parametrize("name", ALL, ids=ALL)
@@ -38,8 +38,9 @@ def test_every_plugin_runs_at_512_and_1024(astronaut):
         plugin = registry.create(name)
         for size, img in big.items():
             t0 = time.perf_counter()
-            params = plugin.sample_params(np.random.default_rng(size))
-            out = plugin.apply(img, np.random.default_rng(size), **params)
+            kw = {"ann": synthetic_annotations(size, size)} if plugin.requires else {}
+            params = plugin.sample_params(np.random.default_rng(size), **kw)
+            out = plugin.apply(img, np.random.default_rng(size), **params, **kw)
             slow.append((time.perf_counter() - t0, name, size))
             assert out.dtype == np.float32 and out.ndim == 3 and out.shape[2] == 3, (name, size)
             assert plugin.changes_size or out.shape == img.shape, (name, size, out.shape)
@@ -281,6 +282,8 @@ class BoxHeatmap(Degradation):
     spread_range: tuple[float, float] = limits(0.05, 1.0, (0.1, 0.3))
 
     def sample_params(self, rng, *, ann):
+        if not len(ann.boxes):
+            raise PluginError("box_heatmap: no boxes to mark")
         return {"spread": float(rng.uniform(*self.spread_range)), "count": len(ann.boxes), "label": ann.labels[0]}
 
     def apply(self, img, rng, *, spread, count, label, ann):
@@ -295,3 +298,32 @@ class BoxHeatmap(Degradation):
 
 def test_annotation_plugins_receive_synthetic_annotations():
     assert check_plugin(BoxHeatmap) == []
+
+
+@dataclass(frozen=True, kw_only=True)
+class CrashesWithoutBoxes(BoxHeatmap):
+    def sample_params(self, rng, *, ann):
+        return {"spread": 0.2, "count": len(ann.boxes), "label": ann.labels[0]}  # IndexError on a crop with none
+
+
+@dataclass(frozen=True, kw_only=True)
+class IgnoresAnnotations(BoxHeatmap):
+    def apply(self, img, rng, *, spread, count, label, ann):
+        return super().apply(img, rng, spread=spread, count=count, label=label, ann=synthetic_annotations(61, 83))
+
+
+@dataclass(frozen=True, kw_only=True)
+class FailsAtTheBorder(BoxHeatmap):
+    def apply(self, img, rng, *, spread, count, label, ann):
+        return super().apply(img, rng, spread=spread, count=count, label=label, ann=ann) * np.float32(
+            1 + (ann.boxes[:, 2] >= img.shape[1]).any())  # leaves [0, 1] for a box touching the right edge
+
+
+def test_checker_adapts_to_annotation_plugins():
+    """Annotation plugins get annotation checks in place of the range extremes they do not have."""
+    assert "no instances: PluginError or valid" in _checks(CrashesWithoutBoxes)
+    assert "output follows the annotations" in _checks(IgnoresAnnotations)
+    assert "[0, 1]" in _checks(FailsAtTheBorder)["annotation extremes"]
+    extra = {label for label, _ in ANNOTATION_CHECKS}
+    assert extra <= {r.check for r in run_checks(BoxHeatmap)}
+    assert extra.isdisjoint(r.check for r in run_checks(ReadsInstance))  # image-only plugins: as before
