@@ -32,4 +32,10 @@ __all__, __getattr__ = door(__name__, {
     "read_corpus": ".ingest", "crop_pair": ".ingest", "RowDecoder": ".ingest", "WhitelistDecoder": ".ingest",
     "SkipLedger": ".ingest",
     "intact_shards": ".ingest", "read_shards": ".ingest",
+    # annotated sources (Lumen): COCO json read/written, and the sample's "annotations" both ways
+    "CocoSet": ".coco", "CocoError": ".coco", "write_coco": ".coco", "annotations_to_json": ".coco",
+    "annotations_from_json": ".coco",
+    # the embedded default dataset of Lumen: shapes on the bundled photographs, as COCO json
+    "make_scenes": ".scenes",
+    "ScenesResult": ".scenes",
 })

@@ -55,11 +55,13 @@ class BuildStateError(BuildError):
 
 @dataclass(frozen=True)
 class ShardJob:
-    """One output shard: its slice of the sorted source list, and exemplar candidates."""
+    """One output shard: its slice of the sorted source list, exemplar candidates, and the annotations of its
+    sources that have some (COCO sources: the driver reads the json once, each task gets its images' records)."""
 
     index: int
     sources: tuple[str, ...]
     pool: tuple[str, ...]
+    annotations: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -78,16 +80,23 @@ class BuildResult:
 
 
 # -- planning --------------------------------------------------------------------------------------
-def plan(uris: list[str], cfg: CorpusConfig) -> list[ShardJob]:
+def plan(uris: list[str], cfg: CorpusConfig, annotations: dict[str, dict[str, Any]] | None = None) -> list[ShardJob]:
     """Fixed slices of the sorted sources: the layout depends only on the config and the listing."""
     per = max(1, -(-cfg.output.samples_per_shard // cfg.variants_per_source))
     slices = [tuple(uris[i:i + per]) for i in range(0, len(uris), per)]
+    notes = annotations or {}
     # Exemplars come from the shard's own slice and the next one, so a shard task reads a bounded set.
-    return [ShardJob(i, s, s + slices[(i + 1) % len(slices)]) for i, s in enumerate(slices)]
+    return [ShardJob(i, s, s + slices[(i + 1) % len(slices)], {u: notes[u] for u in s if u in notes})
+            for i, s in enumerate(slices)]
 
 
-def listing_digest(uris: list[str]) -> str:
-    return hashlib.sha256("\n".join(uris).encode("utf-8")).hexdigest()
+def listing_digest(uris: list[str], annotations: dict[str, dict[str, Any]] | None = None) -> str:
+    """What a resume compares of the sources: their URIs, and the annotations of those that have some (an edited
+    COCO json makes other samples)."""
+    h = hashlib.sha256("\n".join(uris).encode("utf-8"))
+    if annotations:
+        h.update(json.dumps(annotations, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+    return h.hexdigest()
 
 
 # -- writing one shard (runs in a Ray worker) ------------------------------------------------------
@@ -284,11 +293,14 @@ def write_manifest(store: Store, cfg: CorpusConfig, records: list[dict[str, Any]
     shards = [ShardRecord.from_json(r) for r in sorted(records, key=lambda r: r["name"]) if r["samples"] > 0]
     rejects: Counter = Counter()
     tasks: Counter = Counter()
+    no_exemplar: Counter = Counter()
     for r in records:
         rejects.update(r.get("rejects", {}))
         tasks.update(r.get("tasks", {}))
+        no_exemplar.update(r.get("no_exemplar", {}))
     extra = {"config": cfg.resolved(), "name": cfg.name, "samples": sum(s.samples for s in shards),
              "sources": {"count": n_sources, "sha256": listing}, "rejects": dict(sorted(rejects.items())),
+             "no_exemplar": dict(sorted(no_exemplar.items())),
              "tasks": dict(sorted(tasks.items())), "mixture": [list(m) for m in mixture],
              "empty_shards": sum(1 for r in records if r["samples"] == 0)}
     manifest = Manifest(shards, cfg.digest(), extra=extra)
@@ -303,7 +315,7 @@ def build_corpus(cfg: CorpusConfig, *, overwrite: bool = False, progress: bool =
 
     ``kill_once`` is a test hook, never a config field: see :func:`run_shard`."""
     from pipelines.report import write_report
-    from pipelines.sources import list_sources, source_objects, source_roots
+    from pipelines.sources import list_sources, source_annotations, source_objects, source_roots
     from pipelines.synth import resolve_mixture
 
     t0 = time.perf_counter()
@@ -317,8 +329,9 @@ def build_corpus(cfg: CorpusConfig, *, overwrite: bool = False, progress: bool =
     store.refuse_unsafe(source_roots(cfg), source_objects(uris))
     store.ensure_bucket()
     check_owner(store)  # before the lease is written: a folder that is not ours gets nothing of ours
-    listing = listing_digest(uris)
-    jobs = plan(uris, cfg)
+    notes = source_annotations(cfg, uris, opts)
+    listing = listing_digest(uris, notes)
+    jobs = plan(uris, cfg, notes)
     with Lease(store) as lease:
         state = check_state(store, cfg, listing, mixture, overwrite, planned_writes(jobs, mixture))
         store.clean_temps(owned(state))
@@ -359,7 +372,7 @@ def run_jobs(cfg: CorpusConfig, jobs: list[ShardJob], opts: dict[str, Any], mixt
                           retry_exceptions=True)(run_shard)
         cfg_ref = ray.put(cfg.model_dump(mode="json"))
         out: dict[int, dict[str, Any]] = {}
-        with _progress(progress, total, done_samples, cfg.variants_per_source) as bar:
+        with _progress(progress, total, done_samples) as bar:
             pending: dict[Any, int] = {}
             queue = list(jobs)
             while queue or pending:
@@ -374,11 +387,18 @@ def run_jobs(cfg: CorpusConfig, jobs: list[ShardJob], opts: dict[str, Any], mixt
                     except ray.exceptions.RayError as exc:
                         raise BuildError(f"{shard_name(idx)} failed after {cfg.runtime.retries} retries: "
                                          f"{exc}\nRerun the same command to resume.") from None
-                    bar(out[idx]["samples"], sum(out[idx]["rejects"].values()))
+                    bar(out[idx]["samples"], lost_samples(out[idx]["rejects"], cfg.variants_per_source))
         return out
     finally:
         if started:
             ray.shutdown()
+
+
+def lost_samples(rejects: dict[str, int], variants: int) -> int:
+    """Samples a shard's rejects cost: every variant of a skipped source, one per skipped sample."""
+    from pipelines.synth import SAMPLE_REASONS
+
+    return sum(n if reason in SAMPLE_REASONS else n * variants for reason, n in rejects.items())
 
 
 def fit_memory(memory: int, max_pixels: int) -> int:
@@ -396,8 +416,8 @@ def fit_memory(memory: int, max_pixels: int) -> int:
 
 
 @contextmanager
-def _progress(enabled: bool, total: int, done: int, per_reject: int = 1) -> Iterator[Callable[[int, int], None]]:
-    """A rich bar over samples with samples/s and ETA; yields ``advance(samples, rejects)``."""
+def _progress(enabled: bool, total: int, done: int) -> Iterator[Callable[[int, int], None]]:
+    """A rich bar over samples with samples/s and ETA; yields ``advance(samples, lost samples)``."""
     if not enabled:
         yield lambda n, r: None
         return
@@ -412,7 +432,7 @@ def _progress(enabled: bool, total: int, done: int, per_reject: int = 1) -> Iter
     )
 
     cols = (TextColumn("[bold]corpus"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-            TextColumn("{task.fields[rate]:.1f} samples/s"), TextColumn("rejects {task.fields[rejects]}"),
+            TextColumn("{task.fields[rate]:.1f} samples/s"), TextColumn("skipped {task.fields[rejects]}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     t0, counts = time.perf_counter(), {"n": 0, "r": 0}
     with Progress(*cols, transient=False) as bar:
@@ -422,8 +442,7 @@ def _progress(enabled: bool, total: int, done: int, per_reject: int = 1) -> Iter
             counts["n"] += n
             counts["r"] += r
             rate = counts["n"] / max(time.perf_counter() - t0, 1e-6)
-            # rejected sources never become samples: shrink the total so the ETA stays honest
-            bar.update(tid, advance=n, rate=rate, rejects=counts["r"],
-                       total=total - counts["r"] * per_reject)
+            # skipped sources and samples never become samples: shrink the total so the ETA stays honest
+            bar.update(tid, advance=n, rate=rate, rejects=counts["r"], total=total - counts["r"])
 
         yield advance

@@ -33,6 +33,28 @@ class SourceSpec(Section):
     """Member of each sample used as the clean image (``shards://``)."""
     limit: int | None = Field(None, ge=1)
     """Keep only the first N sources of this spec (sorted)."""
+    coco: str | None = None
+    """A COCO-format json (local or ``s3://``) instead of ``uri``: the sources are the images it lists, each with its
+    annotations (boxes, masks, keypoints, referring expressions), for the vision-centric tasks."""
+    images: str | None = None
+    """The folder or ``s3://`` prefix the ``coco`` json's ``file_name``s are relative to."""
+    refs: str | None = None
+    """A RefCOCO-style refs json for the ``coco`` json (a list of refs, or ``{"refs": [...]}``), when its refs are
+    not in it as a top-level ``refs`` list."""
+    refs_split: str | None = None
+    """Keep only the refs of this split (e.g. ``train``, so RefCOCO's val/test expressions stay out of training)."""
+
+    @model_validator(mode="after")
+    def _coco_fields(self) -> SourceSpec:
+        if self.coco is None:
+            extra = [n for n in ("images", "refs", "refs_split") if getattr(self, n) is not None]
+            if extra:
+                raise ValueError(f"{', '.join(extra)}: only for a COCO source; give coco: the annotation json")
+        elif self.images is None:
+            raise ValueError("images: a COCO source needs the folder or s3:// prefix its images are in")
+        elif self.uri != SourceSpec.model_fields["uri"].default:
+            raise ValueError("uri: a COCO source lists its images from coco (and images); give one or the other")
+        return self
 
 
 class GeometryConfig(Section):
@@ -48,6 +70,11 @@ class GeometryConfig(Section):
     """Where the crop is taken."""
     max_pixels: int = Field(100_000_000, ge=1)
     """Decompression-bomb cap on W*H, checked before decoding."""
+    min_texture: float = Field(0.01, ge=0, le=0.5)
+    """A crop whose luminance standard deviation (RMS contrast, on [0, 1]) is below this is flat (a grey wall, clear
+    sky, a black border) and is redrawn; 0 keeps every crop. 0.01 is 2.5 grey levels of 255."""
+    crop_tries: int = Field(4, ge=1, le=64)
+    """Random crops drawn per sample before it is skipped as ``flat_crop`` (a centre crop is drawn once)."""
 
     @model_validator(mode="after")
     def _crop_fits(self) -> GeometryConfig:

@@ -1,7 +1,9 @@
 """``omnilv corpus regenerate``: rebuild one sample from its json record and compare with the stored one.
 
 A sample's json is data: the source it names is read only if the corpus' own config (recorded in its manifest)
-could have listed it, or it is a bundled photo (see :func:`pipelines.sources.check_recorded`).
+could have listed it, or it is a bundled photo (see :func:`pipelines.sources.check_recorded`). A vision-centric
+sample replays from its json alone: its ``"annotations"`` (the crop's, validated as data) are the ``ann=`` of the
+replay, so the COCO json it was built from is not read.
 """
 
 from __future__ import annotations

@@ -65,10 +65,12 @@ def write_report(store: Store, cfg: CorpusConfig, manifest: Manifest, records: l
     tasks: Counter = Counter()
     rejects: Counter = Counter()
     rejected: list[list[str]] = []
+    no_exemplar: Counter = Counter()
     for r in records:
         tasks.update(r.get("tasks", {}))
         rejects.update(r.get("rejects", {}))
         rejected.extend(r.get("rejected", []))
+        no_exemplar.update(r.get("no_exemplar", {}))
     domains: Counter = Counter()
     for name, n in tasks.items():
         domains[get_task(name).domain] += n
@@ -77,6 +79,7 @@ def write_report(store: Store, cfg: CorpusConfig, manifest: Manifest, records: l
         "name": cfg.name, "root": store.root, "samples": manifest.samples, "shards": len(manifest.shards),
         "bytes": sum(s.bytes for s in manifest.shards), "tasks": dict(sorted(tasks.items())),
         "domains": dict(sorted(domains.items())), "rejects": dict(sorted(rejects.items())), "rejected": rejected,
+        "no_exemplar": dict(sorted(no_exemplar.items())),
         "seconds": round(stats.get("seconds", 0.0), 3), "built_samples": built,
         "samples_per_s": round(built / stats["seconds"], 3) if stats.get("seconds") else 0.0,
         "resumed_shards": stats.get("resumed_shards", 0), "built_shards": stats.get("built_shards", 0),
@@ -131,5 +134,7 @@ def render_html(r: dict[str, Any]) -> str:
             f"{r['resumed_shards']} shards resumed. Config sha256 {r['config_sha256']}.</p>"
             f"{share_table('Domains: share of samples', r['shares']['domains'])}"
             f"{table('Tasks', r['tasks'])}{table('Domains', r['domains'])}{table('Rejects by reason', r['rejects'])}"
-            f"<h2>Skipped sources</h2><ul>{skipped or '<li>none</li>'}</ul><h2>Samples per domain</h2>{sheets}"
+            f"{table('Samples that drew an exemplar but went without one, by reason', r['no_exemplar'])}"
+            f"<h2>Skipped sources and samples</h2><ul>{skipped or '<li>none</li>'}</ul>"
+            f"<h2>Samples per domain</h2>{sheets}"
             "</body></html>")

@@ -9,7 +9,8 @@ member             content
 ``input.png``      model input (degraded image, or the clean image for dense/stylization)
 ``target.png``     expected output (8-bit RGB; 16-bit RGB where the task needs it)
 ``txt``            the instruction, UTF-8
-``json``           the record: task, domain, steps, seed, source, crop, sizes, version
+``json``           the record: task, domain, steps, seed, source, crop, sizes, version; for a vision-centric
+                   task also ``annotations`` (the crop's boxes, masks, keypoints, expressions)
 ``ref_input.png``  optional exemplar input of the same task on other content (stage 2)
 ``ref_target.png`` optional exemplar target
 =================  ==================================================================
@@ -32,7 +33,11 @@ import numpy as np
 from degradations import bgr_to_rgb01
 from omnilv.errors import OmniLVError
 
-SCHEMA_VERSION = 2  # 2: exemplars replay the query's sampled parameters (1: they drew their own)
+#: 2: exemplars replay the query's sampled parameters (1: they drew their own). 3: a sample of a task that needs
+#: annotations (Lumen's vision-centric tasks) carries the crop's ``"annotations"`` in its json (docs/lumen.md; read
+#: and written by ``pipelines.coco``), and ``target.png`` holds its 16-bit target maps; flat crops are redrawn
+#: (``"crop_tries"`` when more than one was drawn).
+SCHEMA_VERSION = 3
 INPUT, TARGET, TXT, JSON = "input.png", "target.png", "txt", "json"
 REF_INPUT, REF_TARGET = "ref_input.png", "ref_target.png"
 REQUIRED_MEMBERS: tuple[str, ...] = (INPUT, TARGET, TXT, JSON)

@@ -6,6 +6,8 @@ URI forms: a local path or ``file://`` path, ``s3://bucket/key``, ``samples://NA
 (a bundled scikit-image photo) and ``shard://<shard url>#<key>.<member>`` (a clean
 image inside an existing corpus). No other scheme is read, a ``samples://`` name
 stays inside the bundled folder, and no source is read past :data:`MAX_SOURCE_BYTES`.
+A COCO source (``coco:`` + ``images:``) lists the images its json names, inside its
+image root; :func:`source_annotations` gives each one's annotations (read once per driver).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ def list_sources(cfg: CorpusConfig, storage_options: dict[str, Any] | None = Non
 
 
 def _list_spec(spec: SourceSpec, opts: dict[str, Any]) -> list[str]:
+    if spec.coco is not None:
+        return list(coco_set(spec, opts).image_uris(spec.images).values())
     uri = spec.uri
     exts = tuple(e.lower() for e in spec.extensions)
     if uri.startswith(SAMPLES):
@@ -73,6 +77,58 @@ def _list_spec(spec: SourceSpec, opts: dict[str, Any]) -> list[str]:
     else:
         raise ConfigError(f"sources.uri: {uri!r} is not a folder, glob, s3:// prefix, list file or {SHARDS} corpus")
     return [str(Path(p).resolve()) for p in paths if p.lower().endswith(exts)]
+
+
+_COCO: dict[tuple, Any] = {}
+
+
+def coco_set(spec: SourceSpec, opts: dict[str, Any]) -> Any:
+    """The :class:`~pipelines.coco.CocoSet` of a COCO source, read once while its files stay the same (the last two
+    are kept: a COCO json is large, and listing and annotating read the same one); errors are :class:`ConfigError`."""
+    from pipelines.coco import CocoError, CocoSet
+
+    key = (spec.coco, spec.refs, spec.refs_split, *(_version(p, opts) for p in (spec.coco, spec.refs) if p))
+    if key not in _COCO:
+        try:
+            found = CocoSet.load(spec.coco, spec.refs, opts, spec.refs_split)
+        except CocoError as exc:
+            raise ConfigError(f"sources.coco: {exc}") from None
+        while len(_COCO) >= 2:
+            _COCO.pop(next(iter(_COCO)))
+        _COCO[key] = found
+    return _COCO[key]
+
+
+def _version(path: str, opts: dict[str, Any]) -> str:
+    """What changes when a file is rewritten (size and mtime, or the S3 ETag); "" when it cannot be read (the read
+    itself then says why)."""
+    try:
+        fs = fsspec.filesystem("s3", **opts) if path.startswith("s3://") else fsspec.filesystem("file")
+        info = fs.info(path)
+    except (OSError, ValueError):
+        return ""
+    return f"{info.get('size')}:{info.get('mtime') or info.get('ETag') or info.get('LastModified')}"
+
+
+def source_annotations(cfg: CorpusConfig, uris: list[str], storage_options: dict[str, Any] | None = None
+                       ) -> dict[str, dict[str, Any]]:
+    """URI -> the compact annotations record (:meth:`~pipelines.coco.CocoSet.record`) of every listed image of a
+    COCO source; an image two COCO sources list gets both's instances (:func:`~pipelines.coco.merge_records`)."""
+    from pipelines.coco import CocoError, merge_records
+
+    listed, out = set(uris), {}
+    for spec in cfg.sources:
+        if spec.coco is None:
+            continue
+        coco = coco_set(spec, storage_options or {})
+        for name, uri in coco.image_uris(spec.images).items():
+            if uri not in listed:
+                continue
+            try:
+                out[uri] = merge_records(out[uri], coco.record(name), uri) if uri in out else coco.record(name)
+            except CocoError as exc:
+                raise ConfigError(f"sources.coco: {exc}") from None
+    return out
 
 
 def _list_file(uri: str, column: str, opts: dict[str, Any]) -> list[str]:
@@ -174,7 +230,9 @@ def source_roots(cfg: CorpusConfig) -> list[str]:
     out = []
     for spec in cfg.sources:
         uri = spec.uri
-        if uri.startswith(SAMPLES):
+        if spec.coco is not None:
+            out += [_static_root(spec.images), spec.coco, *([spec.refs] if spec.refs else [])]
+        elif uri.startswith(SAMPLES):
             from degradations import data_dir
 
             out.append(str(data_dir()))
@@ -217,6 +275,8 @@ def check_recorded(uri: str, specs: list[SourceSpec], storage_options: dict[str,
 
 
 def _under(uri: str, spec: SourceSpec, opts: dict[str, Any]) -> bool:
+    if spec.coco is not None:
+        return _below(uri, spec.images)
     root = spec.uri
     if root.startswith(SAMPLES):
         return False
@@ -233,6 +293,11 @@ def _under(uri: str, spec: SourceSpec, opts: dict[str, Any]) -> bool:
         return uri in set(_list_file(root, spec.column, opts))
     if not uri.lower().endswith(tuple(e.lower() for e in spec.extensions)):
         return False
+    return _below(uri, root)
+
+
+def _below(uri: str, root: str) -> bool:
+    """Whether ``uri`` lies under the folder, glob or ``s3://`` prefix ``root``."""
     if root.startswith("s3://"):
         prefix = root.rstrip("/") + "/"
         try:

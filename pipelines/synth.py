@@ -3,10 +3,17 @@
 Bad inputs never raise out of here: :func:`decode_image` raises :class:`Reject`
 with a reason code that the shard task counts. Every random draw of a sample
 comes from its own generator, seeded from (corpus seed, source id, variant).
+
+A task that ``requires`` annotations (the vision-centric ones) gets the source's
+annotations seen through the crop (:func:`pipelines.coco.crop_annotations`) as
+``ann=``, and the sample's json keeps them under ``"annotations"``, so it replays
+from its json alone. Such a sample gets no exemplar: its target answers a question
+about this image (a category, an expression) that another image need not contain.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -18,14 +25,18 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from degradations import Task, replay, synthesize
+from degradations import Annotations, PluginError, Task, replay, synthesize
 from pipelines.config import CorpusConfig, GeometryConfig
 from pipelines.schema import SCHEMA_VERSION, Sample, sample_key
 
 SEED_BOUND = 2**63 - 1  # an exemplar step's own seed, drawn like the query's (degradations.compose)
 
 #: Reason codes a skipped source can get (the report lists counts per code).
-REASONS = ("empty", "not_image", "truncated", "too_large", "too_small", "unreadable", "synth_error")
+REASONS = ("empty", "not_image", "truncated", "too_large", "too_small", "unreadable", "synth_error", "flat_crop",
+           "no_annotations", "bad_annotations")
+#: The reasons that skip one sample (source#variant) rather than a whole source: its crop is flat, its task needs
+#: annotations the source lacks (or the crop leaves nothing to ask about), or they do not fit the image.
+SAMPLE_REASONS = ("synth_error", "flat_crop", "no_annotations", "bad_annotations")
 _EXIF_ORIENTATION = 0x0112
 #: Decoded sources a shard task keeps for reuse as exemplars, at most (besides the ones in use).
 CACHE_BYTES = 512 * 2**20
@@ -52,6 +63,27 @@ class Clean:
     sha256: str
     image: Pixels
     orig_size: tuple[int, int]  # (H, W) as decoded, after EXIF orientation
+    record: dict[str, Any] | None = None  # its COCO annotations (pipelines.coco.CocoSet.record), if any
+    ann: Annotations | None = None  # the record decoded at the resized size (by :meth:`annotations`)
+
+    @property
+    def nbytes(self) -> int:
+        return self.image.nbytes + (0 if self.ann is None or self.ann.masks is None else self.ann.masks.nbytes)
+
+    def annotations(self) -> Annotations:
+        """The source's annotations at its decoded (resized) size, decoded once; :class:`Reject` ``no_annotations``
+        for a source without any, ``bad_annotations`` for ones that do not fit the image."""
+        if self.record is None:
+            raise Reject("no_annotations", "the task needs annotations; this source has none (not a COCO source)")
+        if self.ann is None:
+            from pipelines.coco import CocoError, annotations_from_record, resize_annotations
+
+            try:
+                full = annotations_from_record(self.record, *self.orig_size, where=self.uri)
+            except CocoError as exc:
+                raise Reject("bad_annotations", str(exc)) from None
+            self.ann = resize_annotations(full, self.orig_size, self.image.shape[:2])
+        return self.ann
 
 
 def sample_rng(seed: int, source_id: str, variant: int, stream: str = "sample") -> np.random.Generator:
@@ -242,6 +274,31 @@ def crop_box(shape: tuple[int, ...], geo: GeometryConfig, rng: np.random.Generat
     return [int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1)), size, size]
 
 
+#: Rec. 601 luma weights: the luminance :func:`texture` measures.
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def texture(crop: np.ndarray) -> float:
+    """The crop's RMS contrast: the standard deviation of its luminance, on [0, 1] (float64, so the same on every
+    machine). Unlike a Laplacian it does not reward sensor noise or punish a smooth gradient: a grey patch, a clear
+    sky or a black border scores below 0.01, ordinary photo content above 0.02."""
+    return float(np.std(crop.astype(np.float64) @ LUMA))
+
+
+def draw_crop(img: np.ndarray | Pixels, geo: GeometryConfig, rng: np.random.Generator) -> tuple[list[int], np.ndarray,
+                                                                                              int]:
+    """(box, float32 crop, tries): crops drawn from ``rng`` until one has ``texture >= geo.min_texture``, at most
+    ``geo.crop_tries`` (a centre crop once); all flat is :class:`Reject` ``flat_crop``. A crop that passes first
+    takes the same draws as a build without the check."""
+    tries = 1 if geo.crop == "center" else geo.crop_tries
+    for n in range(1, tries + 1):
+        box = crop_box(img.shape, geo, rng)
+        crop = cut(img, box)
+        if geo.min_texture <= 0 or texture(crop) >= geo.min_texture:
+            return box, crop, n
+    raise Reject("flat_crop", f"{tries} crop(s) below min_texture={geo.min_texture}")
+
+
 def cut(img: np.ndarray | Pixels, box: list[int]) -> np.ndarray:
     """The float32 crop ``box`` of a decoded image or of :class:`Pixels` (converting only the crop)."""
     if isinstance(img, Pixels):
@@ -257,13 +314,42 @@ def pick_task(tasks: list[tuple[str, float]], rng: np.random.Generator) -> str:
 
 def make_part(task: Task, clean: Clean, cfg: CorpusConfig, variant: int, stream: str) -> tuple[Any, dict]:
     """Crop and synthesize one (input, target) pair; returns the Synthesis and its provenance."""
+    full = clean.annotations() if requirements(task) else None
     rng = sample_rng(cfg.output.seed, clean.uri, variant, stream)
-    box = crop_box(clean.image.shape, cfg.geometry, rng)
-    syn = synthesize(task, cut(clean.image, box), rng)
+    box, crop, tries = draw_crop(clean.image, cfg.geometry, rng)
+    ann, extra = None, _tries(tries)
+    if full is not None:
+        from pipelines.coco import annotations_from_json, annotations_to_json, crop_annotations
+
+        extra["annotations"] = annotations_to_json(crop_annotations(full, box), crop.shape[:2])
+        ann = annotations_from_json(extra["annotations"])  # exactly what a replay from the json gets
+    try:
+        syn = synthesize(task, crop, rng, ann=ann)
+    except PluginError as exc:
+        if ann is None:
+            raise
+        raise Reject("no_annotations", str(exc)) from None  # e.g. nothing to ask about in this crop
     prov = {"source": clean.uri, "source_sha256": clean.sha256, "variant": variant, "stream": stream,
             "crop": box, "source_size": list(clean.orig_size), "resized_size": list(clean.image.shape[:2]),
-            "steps": [s.to_json() for s in syn.steps]}
+            "steps": [s.to_json() for s in syn.steps], **extra}
     return syn, prov
+
+
+def requirements(node: Any) -> tuple[str, ...]:
+    """The annotation fields a task (or any node of its chain) needs, sorted; empty for image-only tasks."""
+    if isinstance(node, Task):
+        node = node.node
+    plugin = getattr(node, "plugin", None)
+    found = set(plugin.requires) if plugin is not None else set()
+    for child in (*getattr(node, "nodes", ()), *([node.node] if hasattr(node, "node") else [])):
+        found.update(requirements(child))
+    return tuple(sorted(found))
+
+
+def _tries(n: int) -> dict[str, int]:
+    """The provenance of redrawn crops: how many were drawn (only when more than one, so records of crops that
+    passed at once read as before)."""
+    return {"crop_tries": n} if n > 1 else {}
 
 
 def make_sample(task: Task, clean: Clean, variant: int, cfg: CorpusConfig,
@@ -275,7 +361,8 @@ def make_sample(task: Task, clean: Clean, variant: int, cfg: CorpusConfig,
                             "corpus_version": SCHEMA_VERSION, "geometry": cfg.geometry.model_dump(mode="json")}
     ref_in = ref_tgt = None
     if exemplar is not None:
-        ref_in, ref_tgt, meta["exemplar"] = make_exemplar(syn, exemplar, cfg, variant, f"exemplar:{clean.uri}")
+        with contextlib.suppress(Reject):  # every exemplar crop is flat: the sample goes without one (counted)
+            ref_in, ref_tgt, meta["exemplar"] = make_exemplar(syn, exemplar, cfg, variant, f"exemplar:{clean.uri}")
     return Sample(meta["key"], syn.input, syn.target, syn.instruction, meta, ref_in, ref_tgt)
 
 
@@ -283,20 +370,27 @@ def make_exemplar(query: Any, clean: Clean, cfg: CorpusConfig, variant: int,
                   stream: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """The query's transformation shown on other content: the same plugins with the same sampled parameters,
     applied to a crop of another source; only the stochastic parts (a noise field, …) come from the exemplar's
-    own seed. A sepia query gets a sepia exemplar, never a noir one. Returns (input, target, provenance)."""
+    own seed. A sepia query gets a sepia exemplar, never a noir one. Returns (input, target, provenance); a
+    :class:`Reject` ``flat_crop`` when every crop of ``clean`` is flat."""
     rng = sample_rng(cfg.output.seed, clean.uri, variant, stream)
-    box = crop_box(clean.image.shape, cfg.geometry, rng)
+    box, crop, tries = draw_crop(clean.image, cfg.geometry, rng)
     steps = [{**s.to_json(), "seed": int(rng.integers(SEED_BOUND))} for s in query.steps]
-    ref_in, ref_tgt = replay({"steps": steps, "domain": query.domain}, cut(clean.image, box))
+    ref_in, ref_tgt = replay({"steps": steps, "domain": query.domain}, crop)
     prov = {"source": clean.uri, "source_sha256": clean.sha256, "variant": variant, "stream": stream, "crop": box,
-            "source_size": list(clean.orig_size), "resized_size": list(clean.image.shape[:2]), "steps": steps}
+            "source_size": list(clean.orig_size), "resized_size": list(clean.image.shape[:2]), "steps": steps,
+            **_tries(tries)}
     return ref_in, ref_tgt, prov
 
 
 def rebuild(meta: dict[str, Any], clean_img: np.ndarray | Pixels) -> tuple[np.ndarray, np.ndarray]:
-    """Replay a recorded pair from its decoded (resized) source image."""
+    """Replay a recorded pair from its decoded (resized) source image (and its recorded annotations, if any)."""
+    ann = None
+    if "annotations" in meta:
+        from pipelines.coco import annotations_from_json
+
+        ann = annotations_from_json(meta["annotations"], f"{meta.get('key', 'sample')}.json annotations")
     record = {"steps": meta["steps"], "domain": meta["domain"]}
-    return replay(record, cut(clean_img, meta["crop"]))
+    return replay(record, cut(clean_img, meta["crop"]), ann=ann)
 
 
 # -- the task mixture ----------------------------------------------------------------------------
@@ -365,6 +459,7 @@ def generate_shard(cfg: CorpusConfig, job: Any, opts: dict[str, Any],
             return cache[uri]
         try:
             item: Clean | Reject = load_clean(uri, fetch(uri, opts), cfg.geometry)
+            item.record = job.annotations.get(uri)
         except Reject as exc:
             item = exc
         except SourceTooLarge as exc:
@@ -382,6 +477,7 @@ def generate_shard(cfg: CorpusConfig, job: Any, opts: dict[str, Any],
     tasks: Counter = Counter()
     rejects: Counter = Counter()
     rejected: list[list[str]] = []
+    no_exemplar: Counter = Counter()  # samples that drew an exemplar but go without one, by reason
     for uri in job.sources:
         clean = load(uri)
         if isinstance(clean, Reject):
@@ -392,24 +488,31 @@ def generate_shard(cfg: CorpusConfig, job: Any, opts: dict[str, Any],
             pick = sample_rng(cfg.output.seed, uri, variant, "task")
             name = pick_task(mixture, pick)
             exemplar = None
-            if cfg.mixture.exemplar_probability > 0 and pick.random() < cfg.mixture.exemplar_probability:
+            if (cfg.mixture.exemplar_probability > 0 and pick.random() < cfg.mixture.exemplar_probability
+                    and not requirements(get_task(name))):
                 exemplar = _pick_exemplar(job.pool, uri, pick, load)
             try:
                 sample = make_sample(get_task(name), clean, variant, cfg, exemplar)
                 members.append(sample.to_members(cfg.output.png_level))
+            except Reject as exc:  # a counted skip of this sample (flat crop, …), never an error
+                rejects[exc.reason] += 1
+                rejected.append([f"{uri}#{variant}", exc.reason])
+                continue
             except Exception as exc:  # noqa: BLE001 - one plugin failing on one crop must not lose the shard
                 log.warning("%s variant %d: task %s failed: %s", uri, variant, name, exc)
                 rejects["synth_error"] += 1
                 rejected.append([f"{uri}#{variant}", "synth_error"])
                 continue
+            if exemplar is not None and sample.ref_input is None:
+                no_exemplar["flat_crop"] += 1
             tasks[name] += 1
     record = {"tasks": dict(sorted(tasks.items())), "rejects": dict(sorted(rejects.items())), "rejected": rejected,
-              "sources": len(job.sources)}
+              "sources": len(job.sources), "no_exemplar": dict(sorted(no_exemplar.items()))}
     return members, record
 
 
 def _held(cache: dict[str, Clean | Reject]) -> int:
-    return sum(c.image.nbytes for c in cache.values() if isinstance(c, Clean))
+    return sum(c.nbytes for c in cache.values() if isinstance(c, Clean))
 
 
 def task_memory(geo: GeometryConfig) -> int:

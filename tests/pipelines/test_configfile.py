@@ -110,4 +110,4 @@ def test_a_missing_repo_path_says_the_preset_name_works(tmp_path, monkeypatch):
         load_corpus_config("tiny_stage1")
     with pytest.raises(ConfigError, match="no such config file") as err:
         load_corpus_config("nope")
-    assert "Corpus presets: omnilv_512" in str(err.value) and "just:" not in str(err.value)
+    assert "Corpus presets: lumen_coco, lumen_scenes, omnilv_512" in str(err.value) and "just:" not in str(err.value)

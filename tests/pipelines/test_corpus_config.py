@@ -57,7 +57,7 @@ def test_every_corpus_preset_loads_by_name_from_any_folder(tmp_path, monkeypatch
 def test_the_default_digest_is_pinned():
     # What a resume compares: a refactor of the schema (its base class, its docs) must not change it. Change the pin
     # only with a change of defaults that is meant to make old corpora resume-incompatible.
-    assert CorpusConfig().digest() == "fd66cae517630d54b17f27679acc770b041bd89d0f1b06dc889806b5d4a91b93"
+    assert CorpusConfig().digest() == "462c53b30d00c6a291151628d1748d398f62b69a4579d18080558ac3d577ff92"
 
 
 def sections(model: type[BaseModel]) -> list[type[BaseModel]]:
@@ -77,3 +77,32 @@ def test_every_section_is_a_section_and_every_field_has_a_doc():
     for section in found:
         assert issubclass(section, Section), section.__name__
         assert all(f.description for f in section.model_fields.values()), section.__name__
+
+
+def test_lumen_presets_read_coco_sources_for_the_five_vision_tasks():
+    from pipelines.synth import get_task, resolve_mixture
+
+    vision = {"detection", "instance_segmentation", "pose", "grounding", "referring_segmentation"}
+    scenes, coco = load_corpus_config("lumen_scenes"), load_corpus_config("lumen_coco")
+    for cfg in (scenes, coco):
+        assert set(cfg.mixture.tasks) == vision and cfg.mixture.exemplar_probability == 0
+        assert all(s.coco and s.images for s in cfg.sources)
+        assert {get_task(n).domain for n, _ in resolve_mixture(cfg)} == {"vision-centric"}
+    assert (scenes.geometry.crop, scenes.geometry.crop_size, scenes.geometry.resize_short) == ("center", 256, 0)
+    assert scenes.sources[0].coco.endswith("instances_train.json")  # the val split stays out of the corpus
+    small = load_corpus_config("lumen_scenes", ["geometry.crop_size=128"])  # what `omnilv lumen quickstart` sets
+    assert small.geometry.min_size == 128
+    assert coco.geometry.crop_size == 512 and coco.output.path.startswith("s3://")
+    assert all(s.coco.startswith("s3://") and s.images.startswith("s3://") for s in coco.sources)
+    assert coco.sources[0].refs_split == "train"
+
+
+@pytest.mark.parametrize("source,problem", [
+    ("{coco: a.json}", "images: a COCO source needs"),
+    ("{coco: a.json, images: img, uri: /data}", "uri: a COCO source lists"),
+    ("{uri: /data, refs: r.json}", "refs: only for a COCO source"),
+])
+def test_coco_source_fields_are_checked(tmp_path, source, problem):
+    with pytest.raises(ConfigError) as err:
+        load_corpus_config(None, [f"sources=[{source}]"])
+    assert "sources.0" in str(err.value) and problem in str(err.value)
