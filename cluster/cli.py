@@ -122,7 +122,8 @@ def render(
     gpus_per_node: int = typer.Option(8, "--gpus-per-node"),
     cpu_workers: int = typer.Option(4, "--cpu-workers", help="CPU nodes for corpus builds (max, autoscaled)."),
     job: str = typer.Option("raycluster", "--job",
-                            help="kuberay only: raycluster, or a RayJob: corpus-build, stage1, stage2, stage3."),
+                            help="kuberay only: raycluster, or a RayJob: corpus-build, stage1, stage2, stage3, "
+                                 "lumen-stage1, lumen-stage2."),
     image: str | None = typer.Option(None, "--image", help="Container image (default: Ray's / omnilv:VERSION)."),
     s3_prefix: str = typer.Option("s3://omnilv-corpora", "--s3-prefix",
                                   help="kuberay RayJobs: where the corpus is built and read."),

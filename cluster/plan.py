@@ -65,6 +65,7 @@ class Plan:
     s3: dict
     stages: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    lumen: list[dict] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -262,7 +263,36 @@ def make_plan(p: PlanInputs, bench_dir: str | Path | None = None) -> Plan:
     if ingest is not None:
         sources["ingest"] = {"path": str(ipath), "cores": ingest.get("cores")}
     inputs = {**asdict(p), "steps": list(p.steps), "gpus": gpus}
-    return Plan(inputs=inputs, sources=sources, corpus=c, s3=s3, stages=stages, notes=notes)
+    return Plan(inputs=inputs, sources=sources, corpus=c, s3=s3, stages=stages, notes=notes, lumen=lumen_stages(p))
+
+
+#: LLaVA-1.5-7B, what lumen_stage1/2.yaml load: parameters, and tokens per sample (576 CLIP-L/336 patches plus the
+#: instruction and the special tokens).
+LUMEN_LMM_PARAMS = 7.06e9
+LUMEN_TOKENS = 576 + 48
+LUMEN_CONFIGS = ("lumen_stage1", "lumen_stage2")
+
+
+def lumen_stages(p: PlanInputs) -> list[dict]:
+    """The Lumen stages as their shipped configs set them, priced as an ESTIMATE: the frozen LMM's forward pass
+    (2 FLOPs per parameter per token; no backward through it) dominates; the aligner and decoders are small."""
+    from importlib import resources
+
+    import yaml
+
+    gpus = p.nodes * p.gpus_per_node
+    flops = 2 * LUMEN_LMM_PARAMS * LUMEN_TOKENS
+    out = []
+    for name in LUMEN_CONFIGS:
+        cfg = yaml.safe_load((Path(str(resources.files("omnilv") / "presets" / "train")) / f"{name}.yaml")
+                             .read_text())
+        steps, batch = int(cfg["schedule"]["steps"]), int(cfg["data"]["batch_size"])
+        samples = steps * batch * int(cfg.get("optim", {}).get("grad_accum", 1)) * gpus
+        sec = flops / (p.peak_tflops * 1e12 * p.mfu)
+        out.append({"name": name, "part": cfg["model"]["lumen"]["part"], "steps": steps, "samples": samples,
+                    "flops_per_sample": flops, "gpu_hours": samples * sec / 3600.0,
+                    "wall_hours": samples * sec / 3600.0 / gpus})
+    return out
 
 
 def _ingest_cores(stage: dict, ingest: dict | None, path: Path) -> dict:

@@ -79,6 +79,12 @@ def show(plan: Plan) -> None:
                       f"{st['samples_per_gpu_step']:g} samples): "
                       f"{_bytes(mem['without_checkpointing'])} without checkpointing, "
                       f"{_bytes(mem['with_checkpointing'])} with (float32 as measured; bf16 halves it)")
+    for lm in plan.lumen:
+        con.print(f"Lumen {lm['name']} ({lm['part']}, LLaVA-1.5-7B frozen, forward only): {_si(lm['steps'])} steps, "
+                  f"{_si(lm['samples'])} samples × {_si(lm['flops_per_sample'])}FLOPs = "
+                  f"{lm['gpu_hours']:,.0f} GPU-hours, "
+                  f"{lm['wall_hours']:,.1f} h wall (ESTIMATE at {i.get('peak_tflops', 0):g} TFLOP/s × MFU "
+                  f"{i.get('mfu', 0):g})")
     for method in dict.fromkeys(st["method"] for st in plan.stages):
         con.print(f"GPU time basis: {method}")
     for note in plan.notes:

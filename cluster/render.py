@@ -22,9 +22,13 @@ AWS_A100 = {8: "p4d.24xlarge"}  # p4de.24xlarge (80 GB A100) via --instance-type
 GCP_A100 = {1: "a2-highgpu-1g", 2: "a2-highgpu-2g", 4: "a2-highgpu-4g", 8: "a2-highgpu-8g", 16: "a2-megagpu-16g"}
 CPUS_PER_GPU = 11      # what a p4d/a2 node leaves for Ray Train workers and data loading (96 vCPU / 8, minus system)
 MEMORY_GI_PER_GPU = 120
-JOBS = ("raycluster", "corpus-build", "stage1", "stage2", "stage3")
+JOBS = ("raycluster", "corpus-build", "stage1", "stage2", "stage3", "lumen-stage1", "lumen-stage2")
 # In the image the repository lives at /app (cluster/Dockerfile), so configs are addressed absolutely.
-TRAIN_CONFIGS = {"stage1": "stage1_512.yaml", "stage2": "stage2_incontext.yaml", "stage3": "stage3_1024.yaml"}
+TRAIN_CONFIGS = {"stage1": "stage1_512.yaml", "stage2": "stage2_incontext.yaml", "stage3": "stage3_1024.yaml",
+                 "lumen-stage1": "lumen_stage1.yaml", "lumen-stage2": "lumen_stage2.yaml"}
+#: Jobs that read the corpus their config names (stage 3: the 1024² build; Lumen: the COCO/RefCOCO corpus), not the
+#: 512² build under --s3-prefix.
+OWN_CORPUS = ("stage3", "lumen-stage1", "lumen-stage2")
 
 
 class RenderError(OmniLVError):
@@ -139,7 +143,7 @@ def job_entrypoint(job: str, opts: RenderOptions) -> list[str]:
     if job not in TRAIN_CONFIGS:
         raise RenderError(f"unknown job {job!r}; choose one of {', '.join(JOBS)}")
     cmd = ["omnilv", "train", f"/app/configs/train/{TRAIN_CONFIGS[job]}"]
-    if job != "stage3":  # stage 3 reads the 1024² corpus its config names, not the 512² build
+    if job not in OWN_CORPUS:
         cmd += ["--set", f"data.corpus={corpus}"]
     # One Ray Train worker (one DeepSpeed rank) per GPU of the cluster this RayJob creates.
     return cmd + ["--set", f"run.storage_path={opts.storage_path.rstrip('/')}",

@@ -50,7 +50,7 @@ def user_message(exc: OmniLVError) -> str:
 app = typer.Typer(
     name="omnilv",
     cls=Root,
-    help="Build low-level-vision training corpora and train OmniLV models on Ray.\n\n"
+    help="Build low-level-vision training corpora and train OmniLV (and Lumen) models on Ray.\n\n"
     "Every command runs on one CPU laptop by default (bundled sample images, local Ray, local disk, tiny model) "
     "and scales out by pointing it at a Ray cluster and an s3:// prefix.",
     no_args_is_help=True,

@@ -26,10 +26,10 @@ ALLOWED = {
     "pipelines": {"omnilv", "degradations"},
     "cluster": {"omnilv"},
     "training": {"omnilv", "degradations", "pipelines", *ROOMS},  # training/cli.py, quickstart.py, config.py
-    "training.model": {"omnilv", "pipelines"},
+    "training.model": {"omnilv", "degradations", "pipelines"},  # Lumen decodes heatmaps with degradations' kernels
     "training.data": {"omnilv", "pipelines", "training", "training.model"},
     "training.run": {"omnilv", "pipelines", "training", "training.model", "training.data"},
-    "training.eval": {"omnilv", "pipelines", "training.model"},
+    "training.eval": {"omnilv", "degradations", "pipelines", "training.model"},  # Lumen's instruction templates
 }
 #: Modules any unit may import besides the doors: the shared kernels, and the training config every room reads.
 KERNELS = {"omnilv.errors", "omnilv.lazy", "omnilv.options", "training.config"}

@@ -28,6 +28,7 @@ SKIPS: dict[str, str] = {
     "cache-latents stage1_512": "encodes with the real VAE and text encoder folders",
     "cluster submit": "needs a Ray head's job server (tests/cluster covers submission on a loopback head)",
     "omnilv rehearse --s3 local": "has its own test (tests/training/distributed/test_rehearse.py)",
+    "omnilv lumen quickstart": "has its own test (tests/training/distributed/test_lumen_train.py)",
 }
 PLUGIN_PLACEHOLDER = "my_package.plugins:MyPlugin"
 PLUGIN_IMPORTS = ("from dataclasses import dataclass\n\nimport numpy as np\n\n"
@@ -145,6 +146,23 @@ def check_eval(args, out, cwd):
     assert_png(folder / "sheet.png", min_side=64)
 
 
+def check_scenes(args, out, cwd):
+    folder = cwd / args[2]
+    coco = json.loads((folder / "annotations" / "instances_val.json").read_text())
+    assert coco["annotations"] and coco["refs"] and (folder / "images" / coco["images"][0]["file_name"]).is_file()
+
+
+def check_lumen_predict(args, out, cwd):
+    assert_png(cwd / args[-1], min_side=16)
+    assert_png(cwd / "prediction.png", min_side=128)
+
+
+def check_lumen_eval(args, out, cwd):
+    report = json.loads((cwd / "lumen-eval" / "lumen" / "lumen_eval.json").read_text())
+    assert report["scores"]["detection"] and "trivial baseline" in out, out
+    assert_png(cwd / "lumen-eval" / "lumen" / "lumen_eval.png", min_side=128)
+
+
 def check_plan(args, out, cwd):
     assert re.search(r"shards\s.*\d", out), out
 
@@ -160,6 +178,7 @@ CHECKS: dict[str, Callable[[list[str], str, Path], None]] = {
     "degradations list": check_degradations_list, "degradations preview": check_degradations_preview,
     "degradations check": check_plugin, "train": check_train, "restore": check_restore, "eval": check_eval,
     "cluster plan": check_plan, "cluster render": check_render,
+    "lumen scenes": check_scenes, "lumen predict": check_lumen_predict, "lumen eval": check_lumen_eval,
 }
 _keys: dict[str, str] = {}
 

@@ -22,13 +22,17 @@ DEVICE_HELP = "Where the model runs: cpu, cuda, cuda:N or mps (default: cuda whe
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``train``, ``quickstart``, ``rehearse``, ``cache-latents``, ``restore`` and ``eval`` to the root app."""
+    """Add ``train``, ``quickstart``, ``rehearse``, ``cache-latents``, ``restore``, ``eval`` and the ``lumen`` group
+    to the root app."""
+    from training.lumen_cli import app as lumen_app
+
     app.command("train")(train_command)
     app.command("quickstart")(quickstart_command)
     app.command("rehearse")(rehearse_command)
     app.command("cache-latents")(cache_latents_command)
     app.command("restore")(restore_command)
     app.command("eval")(eval_command)
+    app.add_typer(lumen_app, name="lumen")
 
 
 def train_command(

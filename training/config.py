@@ -47,9 +47,31 @@ class ObjectiveConfig(Section):
     """Chance a training sample's instruction is replaced by the null text (what classifier-free guidance needs)."""
 
 
+class LumenSection(Section):
+    """The Lumen model (``model.recipe: lumen``): a LLaVA-family model, the V-L dense aligner, the decoders."""
+
+    llava: str = "tiny"
+    """A local folder (or ``s3://`` prefix) holding a transformers LLaVA model and its tokenizer, e.g. LLaVA-1.5-7B
+    saved with ``save_pretrained``; ``tiny`` builds the tiny offline one (``training.model.build_tiny_llava``)."""
+    part: Literal["aligner", "decoders"] = "aligner"
+    """What this stage trains: ``aligner`` (stage 1: the V-L dense aligner, the [H]/[W] size heads and the task
+    head, on the heatmap, size and task losses) or ``decoders`` (stage 2: the mask decoder, the aligner frozen)."""
+    train_lmm: bool = False
+    """Stage 1 also trains the multimodal model itself (the paper fine-tunes it; off keeps it frozen)."""
+    aligner_dim: int = Field(64, ge=8)
+    """Width of the aligner's tokens (256 in a real run)."""
+    aligner_layers: int = Field(2, ge=1)
+    """Cross-attention + self-attention layers of the aligner."""
+
+
 class ModelSection(Section):
     """The network and its objective."""
 
+    recipe: Literal["omnilv", "lumen"] = "omnilv"
+    """Which model the run trains: ``omnilv`` (the flow-matching DiT + adapter; the fields below) or ``lumen``
+    (heatmaps + light decoders for detection, segmentation, pose and grounding; ``model.lumen``)."""
+    lumen: LumenSection = Field(default_factory=LumenSection)
+    """The Lumen model's settings (``recipe: lumen`` only)."""
     preset: str = "tiny"
     """Size preset of ``OmniLV.from_preset`` (``tiny`` … ``2b``)."""
     overrides: ModelOverrides = Field(default_factory=ModelOverrides)

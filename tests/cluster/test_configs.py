@@ -77,7 +77,7 @@ def test_rayjobs_run_omnilv_and_shut_down(job):
         assert entry.startswith(f"omnilv train /app/{config} ")
         assert (CLUSTER.parent / config).is_file()  # the config the RayJob names exists in the repo (/app)
         assert "run.storage_path=s3://r " in entry + " " and "run.workers=24" in entry
-        assert ("data.corpus=s3://b/p/production_40m" in entry) == (job != "stage3")
+        assert ("data.corpus=s3://b/p/production_40m" in entry) == (job not in rd.OWN_CORPUS)
     env = yaml.safe_load(spec["runtimeEnvYAML"])
     assert env == rd.runtime_env() and "AWS_SECRET_ACCESS_KEY" not in spec["runtimeEnvYAML"]
     groups = {g["groupName"]: g["replicas"] for g in spec["rayClusterSpec"]["workerGroupSpecs"]}

@@ -191,3 +191,19 @@ def test_plan_works_without_ingest_json_and_says_cores_per_gpu_with_it(tmp_path)
     assert r.exit_code == 0, r.output
     assert "ingest CPU cores per GPU, stage1 (512²): 4 (50 samples/s per GPU ÷ 12.5" in r.output
     assert "activation memory per GPU, stage3 (4,096 tokens × 8 samples)" in r.output
+
+
+def test_the_lumen_stages_are_priced_from_their_shipped_configs():
+    import yaml
+
+    p = pl.PlanInputs(pairs=10**6, nodes=2, gpus_per_node=8)
+    plan = pl.make_plan(p)
+    assert [s["name"] for s in plan.lumen] == ["lumen_stage1", "lumen_stage2"]
+    for st in plan.lumen:
+        cfg = yaml.safe_load((Path("configs/train") / f"{st['name']}.yaml").read_text())
+        assert st["steps"] == cfg["schedule"]["steps"] and st["part"] == cfg["model"]["lumen"]["part"]
+        assert st["samples"] == st["steps"] * cfg["data"]["batch_size"] * 16
+        seconds = st["flops_per_sample"] / (p.peak_tflops * 1e12 * p.mfu)
+        assert st["gpu_hours"] == pytest.approx(st["samples"] * seconds / 3600)
+    out = CliRunner().invoke(app, ["cluster", "plan", "--pairs", "1M"]).output
+    assert "Lumen lumen_stage1 (aligner" in out and "ESTIMATE" in out

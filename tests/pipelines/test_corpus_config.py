@@ -88,10 +88,10 @@ def test_lumen_presets_read_coco_sources_for_the_five_vision_tasks():
         assert set(cfg.mixture.tasks) == vision and cfg.mixture.exemplar_probability == 0
         assert all(s.coco and s.images for s in cfg.sources)
         assert {get_task(n).domain for n, _ in resolve_mixture(cfg)} == {"vision-centric"}
-    assert (scenes.geometry.crop, scenes.geometry.crop_size, scenes.geometry.resize_short) == ("center", 256, 0)
+    assert (scenes.geometry.crop, scenes.geometry.crop_size, scenes.geometry.resize_short) == ("center", 128, 0)
     assert scenes.sources[0].coco.endswith("instances_train.json")  # the val split stays out of the corpus
-    small = load_corpus_config("lumen_scenes", ["geometry.crop_size=128"])  # what `omnilv lumen quickstart` sets
-    assert small.geometry.min_size == 128
+    small = load_corpus_config("lumen_scenes", ["geometry.crop_size=64"])  # scenes of another size
+    assert small.geometry.min_size == 64
     assert coco.geometry.crop_size == 512 and coco.output.path.startswith("s3://")
     assert all(s.coco.startswith("s3://") and s.images.startswith("s3://") for s in coco.sources)
     assert coco.sources[0].refs_split == "train"

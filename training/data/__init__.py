@@ -13,4 +13,5 @@ __all__, __getattr__ = door(__name__, {
     "LatentCacheError": ".latent_format", "load_npy": ".latent_format", "npy_bytes": ".latent_format",
     "training_dataset": ".latent_read", "read_latents": ".latent_read", "load_meta": ".latent_read",
     "check_fits": ".latent_read",
+    "LumenPrepare": ".lumen_batches",
 })

@@ -23,7 +23,8 @@ def make_datasets(cfg: TrainConfig, ledger: Any = None, skip_shards: int = 0) ->
         read = partial(training_dataset, cfg, ledger)
     else:
         read = partial(read_corpus, d.corpus, d.sizes, random_crop=d.random_crop, use_exemplars=d.use_exemplars,
-                       seed=cfg.run.seed, read_cpus=d.read_cpus, max_tasks=d.max_read_tasks, ledger=ledger)
+                       seed=cfg.run.seed, read_cpus=d.read_cpus, max_tasks=d.max_read_tasks, ledger=ledger,
+                       keep_json=cfg.model.recipe == "lumen")
     datasets = {"train": read()}
     if skip_shards:
         datasets["resume"] = read(skip_shards=skip_shards)

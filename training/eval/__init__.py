@@ -10,5 +10,7 @@ __all__, __getattr__ = door(__name__, {
     "DeviceError": ".restore", "resolve_device": ".restore",
     "evaluate": ".corpus_eval", "table_columns": ".corpus_eval",
     "psnr": ".metrics", "ssim": ".metrics",
+    "evaluate_lumen": ".lumen_eval", "baseline_predict": ".lumen_eval", "coco_scores": ".lumen_eval",
+    "grounding_accuracy": ".lumen_eval", "ciou": ".lumen_eval", "draw_prediction": ".lumen_eval",
     "LPIPS": ".lpips", "LpipsError": ".lpips", "MUSIQ": ".musiq", "MusiqError": ".musiq",
 })

@@ -16,4 +16,7 @@ __all__, __getattr__ = door(__name__, {
     "save_release": ".pretrained",
     "export_model": ".export", "load_exported": ".export", "load_network": ".export", "read_meta": ".export",
     "ExportError": ".export",
+    "Lumen": ".lumen", "build_tiny_llava": ".lumen_parts", "export_lumen": ".lumen", "load_lumen": ".lumen",
+    "predict_image": ".lumen", "LumenPrompt": ".lumen_parts", "LumenError": ".lumen_parts",
+    "LUMEN_TASKS": ".lumen_parts",
 })

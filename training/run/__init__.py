@@ -14,5 +14,6 @@ __all__, __getattr__ = door(__name__, {
     "MARKER": ".checkpoint", "is_complete": ".checkpoint", "resume_plan": ".checkpoint",
     "committed_step": ".checkpoint",
     "build_flow": ".assemble",
-    "absolute": ".record", "check_rerun": ".record",
+    "absolute": ".record", "check_rerun": ".record", "RECORD": ".record",
+    "build_model": ".assemble",
 })

@@ -1,10 +1,14 @@
-"""The model a run trains: the network from its preset (or a pretrained Lumina-Next transformer), the encoders, the
-objective, optional initial weights."""
+"""The model a run trains, by ``model.recipe``: OmniLV (the network from its preset or a pretrained Lumina-Next
+transformer, the encoders, the flow-matching objective) or Lumen (a LLaVA-family model, the aligner, the decoders);
+optional initial weights. :func:`build_model` is what the worker calls: every recipe gives a module whose
+``forward(inputs) -> loss`` the DeepSpeed engine runs, and the ``prepare`` that turns a batch into those inputs."""
 
 from __future__ import annotations
 
 import logging
 import os
+import tempfile
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,6 +45,68 @@ def setup_worker(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     device = torch.device("cuda", torch.cuda.current_device()) if cfg.run.use_gpu else torch.device("cpu")
     deepspeed.init_distributed(dist_backend="nccl" if cfg.run.use_gpu else "gloo")
     return ctx.get_world_rank(), ctx.get_world_size(), device
+
+
+@dataclass
+class Assembled:
+    """What a worker trains: ``module(inputs) -> loss``, ``prepare(batch) -> inputs``, and the network whose
+    weights the run's init checksum covers."""
+
+    module: torch.nn.Module
+    prepare: Any
+    net: torch.nn.Module
+
+
+def build_model(cfg: TrainConfig, device: torch.device) -> Assembled:
+    """The run's model by ``model.recipe``, on ``device``, with its batch preparation."""
+    if cfg.model.recipe == "lumen":
+        from training.data import LumenPrepare
+
+        model = build_lumen(cfg).to(device)
+        return Assembled(model, LumenPrepare(model, device), model)
+    from training.data import Prepare
+
+    flow, codec, text = build_flow(cfg, device)
+    # The frozen encoders run in the training precision: a bf16 VAE and text encoder (outputs widened to fp32)
+    # halve their memory and run on the tensor cores.
+    frozen = torch.bfloat16 if cfg.deepspeed.precision == "bf16" else torch.float32
+    codec, text = codec.to(device=device, dtype=frozen), text.to(device=device, dtype=frozen)
+    return Assembled(flow, Prepare(codec, text, device, cfg.data.use_exemplars), flow.net)
+
+
+def build_lumen(cfg: TrainConfig) -> Any:
+    """The Lumen model of ``model.lumen`` (the tiny LLaVA is built on the spot, the same on every rank);
+    ``stage.init_from`` (a Lumen export, or a run holding one) gives every weight it has."""
+    from training.model import Lumen, build_tiny_llava
+
+    spec = cfg.model.lumen
+    kwargs = dict(aligner_dim=spec.aligner_dim, aligner_layers=spec.aligner_layers, part=spec.part,
+                  train_lmm=spec.train_lmm)
+    torch.manual_seed(cfg.run.seed)
+    if spec.llava == "tiny":
+        with tempfile.TemporaryDirectory(prefix="omnilv-llava-") as tmp:
+            model = Lumen.from_folder(build_tiny_llava(tmp, seed=cfg.run.seed), **kwargs)
+    else:
+        with local_copy(spec.llava) as root:
+            model = Lumen.from_folder(root, **kwargs)
+    if cfg.stage.init_from:
+        init_lumen(model, cfg.stage.init_from)
+    return model
+
+
+def init_lumen(model: Any, path: str) -> None:
+    """Weights only from a Lumen export (or a run folder holding ``export/``); the part trained now may be new."""
+    from training.model import load_lumen
+
+    folder = path if exists(join(path, "lumen.json")) else join(path, "export")
+    if not exists(join(folder, "lumen.json")):
+        raise ConfigError(f"stage.init_from {path}: no Lumen export there (lumen.json); train the earlier stage first")
+    with local_copy(folder) as root:
+        state = load_lumen(root).state_dict()
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or missing:
+        raise ConfigError(f"stage.init_from {path}: weights do not fit this model "
+                          f"(missing {missing[:3]}, unexpected {unexpected[:3]}); same llava and aligner sizes?")
 
 
 def build_flow(cfg: TrainConfig, device: torch.device) -> tuple[FlowMatching, ImageCodec, TextEncoder]:

@@ -8,12 +8,13 @@ a local one is swapped in whole (:func:`training.model.export_model`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import tempfile
 from typing import Any
 
 from pipelines import Store, is_remote, join, s3_options, upload_dir
 from training.config import TrainConfig
-from training.model import FlowMatching, OmniLV, export_model
+from training.model import FlowMatching, OmniLV, export_lumen, export_model
 from training.run.ema import RankEMA, describe, load_into
 
 
@@ -37,18 +38,19 @@ def export_final(cfg: TrainConfig, engine: Any, rank: int, ema: RankEMA | None =
         if rank == 0:
             model = engine.module
             if cfg.deepspeed.precision != "fp32":
-                model = fp32_copy(model)
+                model = fp32_copy(model) if cfg.model.recipe == "omnilv" else copy.deepcopy(model).float()
             if averaged is not None:  # the run is over: the live weights are not needed any more
                 load_into(model, averaged)
             out = export_dir(cfg)
             with tempfile.TemporaryDirectory(prefix="omnilv-export-") as tmp:
                 local = tmp if is_remote(out) else out
-                export_model(model, cfg.text, cfg.codec, local, extra={"stage": cfg.stage.name,
-                                                                       "text_layer": cfg.text_layer,
-                                                                       "trained_in": cfg.deepspeed.precision,
-                                                                       **describe(ema)})
+                meta = {"stage": cfg.stage.name, "trained_in": cfg.deepspeed.precision, **describe(ema)}
+                if cfg.model.recipe == "lumen":
+                    export_lumen(model, local, meta)
+                else:
+                    export_model(model, cfg.text, cfg.codec, local, extra={**meta, "text_layer": cfg.text_layer})
                 if local != out:  # readers stop at once (no omnilv.json), and see it again only when complete
-                    Store(out, s3_options()).remove(["omnilv.json"])
+                    Store(out, s3_options()).remove(["omnilv.json", "lumen.json"])
                     upload_dir(local, out)
     dist.barrier()
 

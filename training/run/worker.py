@@ -13,9 +13,9 @@ import torch
 
 from pipelines import ConfigError
 from training.config import TrainConfig
-from training.data import Prepare, iter_batches
+from training.data import iter_batches
 from training.run import checkpoint
-from training.run.assemble import build_flow, setup_worker
+from training.run.assemble import build_model, setup_worker
 from training.run.collective import all_ranks_have
 from training.run.ds_config import deepspeed_config
 from training.run.ema import RankEMA
@@ -31,16 +31,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     rank, world, device = setup_worker(cfg)
     import deepspeed
 
-    flow, codec, text = build_flow(cfg, device)
-    checksum = float(sum(p.detach().double().abs().sum() for p in flow.net.parameters()))
-    params = [p for p in flow.parameters() if p.requires_grad]
-    engine, *_ = deepspeed.initialize(model=flow, model_parameters=params, config=deepspeed_config(cfg, world))
+    built = build_model(cfg, device)  # by model.recipe: OmniLV's flow matching or Lumen
+    checksum = float(sum(p.detach().double().abs().sum() for p in built.net.parameters()))
+    params = [p for p in built.module.parameters() if p.requires_grad]
+    engine, *_ = deepspeed.initialize(model=built.module, model_parameters=params,
+                                      config=deepspeed_config(cfg, world))
     new_ema = (lambda: RankEMA(engine.module, cfg.optim.ema_decay, rank=rank, world=world,
                                zero3=cfg.deepspeed.zero_stage == 3, optimizer=engine.optimizer)) \
         if cfg.optim.ema_decay else None
     step, ema = checkpoint.resume(engine, world, new_ema)
-    loop = Loop(cfg, engine, Prepare(codec.to(device), text.to(device), device, cfg.data.use_exemplars), rank,
-                ema=ema, step=step, driver=loop_config)
+    loop = Loop(cfg, engine, built.prepare, rank, ema=ema, step=step, driver=loop_config)
     loop.constant.update(init_checksum=checksum, world_size=world)
     loop.train()
     export_final(cfg, engine, rank, ema)
@@ -51,7 +51,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 class Loop:
     """The step loop of one worker: its engine, data preparation, EMA, and what rank 0 reports."""
 
-    def __init__(self, cfg: TrainConfig, engine: Any, prep: Prepare, rank: int, *, ema: RankEMA | None,
+    def __init__(self, cfg: TrainConfig, engine: Any, prep: Any, rank: int, *, ema: RankEMA | None,
                  step: int, driver: dict[str, Any]) -> None:
         self.cfg, self.engine, self.prep, self.rank, self.ema, self.step = cfg, engine, prep, rank, ema, step
         self.board = driver.get("board") if rank == 0 else None  # the driver's ProgressBoard actor
