@@ -42,7 +42,7 @@ def train_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate the config, print the DeepSpeed config and "
                                                           "exit."),
 ) -> None:
-    """Train one OmniLV stage with Ray Train + DeepSpeed ZeRO.
+    """Train one stage with Ray Train + DeepSpeed ZeRO: OmniLV, or Lumen when the config says model.recipe: lumen.
 
     Resumes automatically from the run's latest complete checkpoint (same stage/run name and storage path); ends
     exactly at schedule.steps, then exports the model to RUN/export.
@@ -53,6 +53,7 @@ def train_command(
     omnilv train tiny_stage1 --set data.corpus=corpus/quickstart
     omnilv train stage1_512 --address ray://head:10001
     omnilv train my_configs/stage1.yaml --dry-run
+    omnilv train tiny_lumen_stage1
     ```
     """
     import json

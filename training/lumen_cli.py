@@ -55,6 +55,8 @@ def predict_command(
     instruction: str = typer.Option(..., "--instruction", help='e.g. "Detect every circle." or "Find the red '
                                                                'square on the left."'),
     out: Path = typer.Option(Path("prediction.png"), "--out", help="Where the drawn prediction goes (PNG)."),
+    threshold: float = typer.Option(0.05, "--threshold", min=0.0, max=1.0, help="Heat peaks kept as detections; "
+                                    "the picture draws those scoring >= 0.3, else the best one."),
 ) -> None:
     """Run a Lumen export on one image and draw what it finds (boxes with scores, masks, keypoints) and its
     heatmap beside it.
@@ -68,10 +70,11 @@ def predict_command(
 
     model = load_lumen(checkpoint)
     img = load_image(image)
-    pred = predict_image(model, img, instruction)
+    pred = predict_image(model, img, instruction, threshold=threshold)
     out.parent.mkdir(parents=True, exist_ok=True)
     draw_prediction(img, pred, instruction, out)
-    typer.echo(f"{pred['task']}: {len(pred.get('boxes', []))} boxes, {len(pred.get('points', []))} points; "
+    best = f", best score {float(pred['scores'].max()):.2f}" if len(pred["scores"]) else ""
+    typer.echo(f"{pred['task']}: {len(pred['boxes'])} boxes, {len(pred['points'])} points{best}; "
                f"drawn to {out.absolute()}")
 
 

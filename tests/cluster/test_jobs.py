@@ -62,3 +62,13 @@ def test_failing_corpus_build_reports_failure_with_its_logs(ray_head):
                             "omnilv", "corpus", "build", "nonexistent.yaml"], env={"RAY_AUTH_TOKEN": ray_head["token"]})
     assert r.exit_code != 0
     assert "nonexistent.yaml" in r.output and "FAILED" in r.output
+
+
+@pytest.mark.parametrize("preset", ["lumen_stage1", "lumen_stage2"])
+def test_the_lumen_stage_configs_are_accepted_by_a_job_on_the_head(ray_head, preset):
+    """What a RayJob of `omnilv cluster render kuberay --job lumen-stage1` runs, validated on a real head: the
+    preset resolves there by name and its DeepSpeed config is printed (--dry-run: no GPUs, LLaVA or S3 needed)."""
+    r = runner.invoke(app, ["cluster", "submit", "--address", ray_head["address"], "--", "omnilv", "train", preset,
+                            "--dry-run"], env={"RAY_AUTH_TOKEN": ray_head["token"]})
+    assert r.exit_code == 0, r.output
+    assert "SUCCEEDED" in r.output and '"zero_optimization"' in r.output and '"bf16"' in r.output

@@ -430,14 +430,17 @@ def draw_prediction(image: np.ndarray, out: Mapping[str, Any], instruction: str,
     u8 = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
     heat = out.get("heat")
     heat = np.zeros(image.shape[:2]) if heat is None else np.asarray(heat, np.float64)
-    heat_rgb = (cv2.applyColorMap(np.clip(np.rint(heat * 255), 0, 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
+    peak = float(heat.max(initial=0.0))
+    shown = heat / peak if peak > 0 else heat  # stretched to its peak, which the caption gives
+    heat_rgb = (cv2.applyColorMap(np.clip(np.rint(shown * 255), 0, 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
                 [..., ::-1])
     if heat_rgb.shape[:2] != u8.shape[:2]:
         heat_rgb = cv2.resize(heat_rgb, (u8.shape[1], u8.shape[0]), interpolation=cv2.INTER_NEAREST)
     found = f"{len(spec['boxes'])} boxes" if task != "pose" else f"{len(spec['points'])} points"
     cell = max(SHEET_CELL, min(512, max(image.shape[:2])))
-    picture = labelled_sheet([([u8, draw(u8, spec, RED), heat_rgb], f"{task}: {instruction} ({found})")],
-                             ["image", "prediction", "heatmap"], cell)
+    picture = labelled_sheet([([u8, draw(u8, spec, RED), heat_rgb],
+                               f"{task}: {instruction} ({found}; heat peak {peak:.2f})")],
+                             ["image", "prediction", "heatmap / its peak"], cell)
     Path(path).write_bytes(encode_png(picture / 255.0))
     return picture
 

@@ -309,7 +309,7 @@ def predict_image(model: Lumen, image: np.ndarray, instruction: str, *, task: st
     maps = out["maps"][0].permute(1, 2, 0).cpu().numpy()  # (H, W, 3)
     result: dict[str, Any] = {"task": name, "boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32),
                               "masks": np.zeros((0, H, W), bool), "points": np.zeros((0, 2), np.float32),
-                              "point_scores": np.zeros(0, np.float32)}
+                              "point_scores": np.zeros(0, np.float32), "heat": maps[..., 0].copy()}
     if name == "pose":
         result["points"], result["point_scores"] = decode_points(maps[..., 0], threshold, k)
     elif name == "referring_segmentation":

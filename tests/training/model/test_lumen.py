@@ -204,6 +204,8 @@ def test_predict_image_routes_to_each_decoder(trained, batch):
     det = predict_image(model, img, TEXTS[0])
     assert det["task"] == "detection" and len(det["boxes"]) >= 1 and iou(det["boxes"][0], box) > 0.5
     assert det["masks"].shape == (0, SIZE, SIZE) and det["points"].shape == (0, 2)
+    y, x = np.unravel_index(np.argmax(det["heat"]), det["heat"].shape)  # the heat `lumen predict` draws
+    assert det["heat"].shape == (SIZE, SIZE) and box[0] <= x < box[2] and box[1] <= y < box[3]
     seg = predict_image(model, img, TEXTS[0], task="instance_segmentation")
     assert seg["masks"].shape == (len(seg["boxes"]), SIZE, SIZE)
     truth = square_mask(box)
