@@ -36,7 +36,17 @@ def sample_paths(min_side: int = 0) -> list[Path]:
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
-    """A local image file -> float32 RGB in [0, 1] (the plugin boundary convention)."""
+    """A local image file -> float32 RGB in [0, 1] (the plugin boundary convention).
+
+    8-bit PNGs are decoded by PIL (the same pixels as OpenCV's libpng, without its console warnings about an
+    ICC profile, e.g. scikit-image's ``page.png``); everything else by OpenCV (16-bit kept)."""
+    if str(path).lower().endswith(".png"):
+        from PIL import Image
+
+        with Image.open(path) as im:
+            if im.mode in ("RGB", "RGBA", "L", "LA", "P"):
+                rgb = np.asarray(im.convert("RGB"))
+                return np.ascontiguousarray(rgb, dtype=np.float32) / np.float32(255.0)
     arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise PluginError(f"{path}: not a readable image")
