@@ -67,7 +67,7 @@ def export_model(model: OmniLV | FlowMatching, text_spec: str, codec_spec: str, 
         (tmp / CONFIG).write_text(net.config.model_dump_json(indent=1))
         meta = {"format": FORMAT_VERSION, "text_encoder": text_spec, "codec": codec_spec,
                 "preset": net.config.preset, "sampler": {**DEFAULT_SAMPLER, **(sampler or {})}, **(extra or {}),
-                "files": {name: _describe(tmp / name) for name in _files(tmp)}}
+                "files": {name: describe_file(tmp / name) for name in _files(tmp)}}
         if isinstance(model, FlowMatching):
             meta["flow"] = model.objective.model_dump(mode="json")
         (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
@@ -81,7 +81,8 @@ def _files(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != META)
 
 
-def _describe(path: Path) -> dict[str, Any]:
+def describe_file(path: Path) -> dict[str, Any]:
+    """``{"bytes", "sha256"}`` of a file an export lists (its record checks them on load)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -115,7 +116,7 @@ def check_files(folder: Path, meta: dict[str, Any], *, hashes: bool) -> None:
         path = folder / name
         if not path.is_file():
             raise ExportError(f"{folder}: missing {name}; the export is incomplete")
-        got = _describe(path) if hashes else {"bytes": path.stat().st_size}
+        got = describe_file(path) if hashes else {"bytes": path.stat().st_size}
         if any(got[k] != want.get(k) for k in got):
             raise ExportError(f"{path}: does not match {META} (a file of another export, or a broken copy); "
                               "export again")
@@ -123,15 +124,21 @@ def check_files(folder: Path, meta: dict[str, Any], *, hashes: bool) -> None:
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
     """``omnilv.json`` of an exported folder, with errors that name the file."""
-    path = Path(folder) / META
+    return read_record(Path(folder) / META, FORMAT_VERSION, ExportError,
+                       "not an exported OmniLV folder (no omnilv.json); export a checkpoint first")
+
+
+def read_record(path: Path, fmt: Any, error: type[Exception], missing: str) -> dict[str, Any]:
+    """The json record of an export (OmniLV's ``omnilv.json``, Lumen's ``lumen.json``) if its ``format`` is ``fmt``;
+    ``error`` names the file otherwise (``missing`` says what to do when there is none)."""
     if not path.is_file():
-        raise ExportError(f"{folder}: not an exported OmniLV folder (no {META}); export a checkpoint first")
+        raise error(f"{path.parent}: {missing}")
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ExportError(f"{path}: invalid json: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
-        raise ExportError(f"{path}: unsupported format {meta.get('format') if isinstance(meta, dict) else meta!r}")
+        raise error(f"{path}: invalid json: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise error(f"{path}: unsupported format {meta.get('format') if isinstance(meta, dict) else meta!r}")
     return meta
 
 

@@ -22,7 +22,6 @@ the heat is >= 0.5; a mask heat or a point heat would otherwise teach zero sizes
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -38,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from degradations import decode_boxes, decode_mask, decode_points
+from training.model.export import describe_file, read_record
 from training.model.lumen_parts import (
     MASK_HEAT,
     SPECIAL_TOKENS,
@@ -344,7 +344,7 @@ def export_lumen(model: Lumen, folder: str | Path, meta: dict[str, Any]) -> Path
         save_file(ours, str(tmp / WEIGHTS))
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         record = {"format": LUMEN_FORMAT, "config": model.config, "meta": meta,
-                  "files": {name: _describe(tmp / name) for name in files}}
+                  "files": {name: describe_file(tmp / name) for name in files}}
         (tmp / META).write_text(json.dumps(record, indent=1, sort_keys=True))
         if out.exists():  # a previous export: moved aside, the new one renamed in, the old one removed
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
@@ -358,26 +358,17 @@ def export_lumen(model: Lumen, folder: str | Path, meta: dict[str, Any]) -> Path
     return out
 
 
-def _describe(path: Path) -> dict[str, Any]:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
-
-
 def load_lumen(folder: str | Path, device: str | torch.device = "cpu") -> Lumen:
-    """The Lumen model of an :func:`export_lumen` folder, in eval mode on ``device`` (safetensors only)."""
+    """The Lumen model of an :func:`export_lumen` folder, local or ``s3://`` (downloaded first), in eval mode on
+    ``device`` (safetensors only)."""
+    from pipelines import is_remote, local_copy
+
+    if is_remote(str(folder)):
+        with local_copy(str(folder)) as local:
+            return load_lumen(local, device)
     root = Path(folder)
-    path = root / META
-    if not path.is_file():
-        raise LumenError(f"{root}: not a Lumen export (no {META}); export one with export_lumen")
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise LumenError(f"{path}: invalid json: {exc}") from exc
-    if not isinstance(record, dict) or record.get("format") != LUMEN_FORMAT:
-        raise LumenError(f"{path}: unsupported format {record.get('format') if isinstance(record, dict) else None}")
+    record = read_record(root / META, LUMEN_FORMAT, LumenError,
+                         f"not a Lumen export (no {META}); train a Lumen stage (its export) first")
     for name, want in record.get("files", {}).items():
         file = root / name
         if not file.is_file() or file.stat().st_size != want.get("bytes"):

@@ -299,3 +299,17 @@ def test_focal_loss_and_the_stride_4_maps():
     heat[0, 0, 3, 5] = 1.0
     ys, xs, _ = find_peaks(upsample4(heat)[0, 0].numpy())
     assert (ys.tolist(), xs.tolist()) == ([14], [22])  # one peak, on pixel 4i+2
+
+
+def test_an_s3_export_loads_like_the_local_one(trained, batch, tmp_path, s3_server):
+    from omnilv.errors import OmniLVError
+    from pipelines import Store, s3_options, upload_dir
+
+    model, _, _ = trained
+    Store("s3://lumen-exports/run", s3_options()).ensure_bucket()
+    out = export_lumen(model, tmp_path / "export", {"stage": "s3"})
+    upload_dir(out, "s3://lumen-exports/run/export")
+    remote = load_lumen("s3://lumen-exports/run/export")
+    assert torch.equal(remote.predict(batch["input"], TEXTS)["maps"], model.predict(batch["input"], TEXTS)["maps"])
+    with pytest.raises(OmniLVError, match="nothing there"):
+        load_lumen("s3://lumen-exports/run/nothing")
