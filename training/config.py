@@ -261,8 +261,26 @@ class TrainConfig(Section):
         if self.model.pretrained and self.stage.init_from:
             raise ValueError(f"model.pretrained ({self.model.pretrained}) and stage.init_from ({self.stage.init_from}) "
                              "are both set: a stage starts from one of them (init_from for stages after the first)")
+        if self.model.recipe == "lumen":
+            self._check_lumen()
         self._check_pretrained()
         return self
+
+    def _check_lumen(self) -> None:
+        """What a Lumen run cannot use, refused before Ray starts: its samples are read whole (the annotations in
+        their json fit the stored image only), from pixels, with no exemplars."""
+        d = self.data
+        if len(d.sizes) > 1:
+            raise ValueError("model.recipe lumen reads samples at their stored size: give one data.resolution (the "
+                             "corpus' crop size), not data.buckets")
+        if d.latents:
+            raise ValueError("model.recipe lumen reads pixels and annotations: data.latents (an OmniLV latent cache) "
+                             "does not apply; set data.corpus")
+        if d.use_exemplars:
+            raise ValueError("model.recipe lumen takes no exemplar pairs (vision-centric samples have none): set "
+                             "data.use_exemplars false")
+        if self.model.pretrained:
+            raise ValueError("model.pretrained is the OmniLV backbone; a Lumen model starts from model.lumen.llava")
 
     def _check_pretrained(self) -> None:
         """A pretrained backbone on this machine is checked against the encoders now, before Ray starts (a remote

@@ -128,3 +128,16 @@ def test_the_objective_round_trips_through_an_export_and_the_fp32_copy(tmp_path)
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ExportError, match=r"omnilv\.json: flow: .*timestep_sampling"):
         load_exported(tmp_path / "model")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("data.buckets=[[64, 64], [64, 128]]", "one data.resolution"),
+    ("data.latents=cache/", "data.latents"),
+    ("data.use_exemplars=true", "no exemplar pairs"),
+])
+def test_a_lumen_config_refuses_what_a_lumen_run_cannot_use(override, message):
+    from pipelines import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_train_config("tiny_lumen_stage1", [override])
+    assert load_train_config("tiny_lumen_stage1").model.recipe == "lumen"
