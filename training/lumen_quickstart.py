@@ -91,16 +91,6 @@ def print_table(scores: dict[str, dict[str, Any]]) -> None:
     Console().print(t)
 
 
-def fresh(run: Path) -> None:
-    """A rerun of the quickstart trains afresh: its own earlier run folder (one holding our run record) goes."""
-    import shutil
-
-    from training.run import RECORD
-
-    if (run / RECORD).is_file():
-        shutil.rmtree(run)
-
-
 def run_lumen_quickstart(out: Path, overrides: list[str] = (), address: str | None = None, progress: bool = True,
                          images: int = 160, steps: tuple[int, int] = STEPS) -> dict[str, Any]:
     """The whole Lumen quickstart; returns the scores (also written to ``out/lumen_quickstart.json``)."""
@@ -111,8 +101,9 @@ def run_lumen_quickstart(out: Path, overrides: list[str] = (), address: str | No
     ensure_ray(address)
     scenes, corpus = build_scene_corpus(out, images, progress)
     results = []
+    # Nothing is deleted: a rerun with the same settings resumes its finished runs (re-exported, scored again); one
+    # with other settings is refused by the run record, naming the fields.
     for cfg in stage_configs(corpus, out, list(overrides), steps):
-        fresh(out / "runs" / cfg.run_name)
         results.append(run_stage(cfg, progress=progress))
     scores = score(results[-1].export, scenes, out / "eval", progress)
     report = {"scores": scores, "export": results[-1].export,

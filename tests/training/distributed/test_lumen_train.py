@@ -104,3 +104,6 @@ def test_the_lumen_quickstart_runs_end_to_end_and_reports_both_columns(ray_local
         assert (tmp_path / "q" / "eval" / column / "lumen_eval.png").is_file()
     table = capsys.readouterr().out
     assert "trivial baseline" in table and "grounding accuracy" in table
+    (tmp_path / "q" / "runs" / "mine.txt").write_text("a file of the user's")
+    again = run_lumen_quickstart(tmp_path / "q", images=20, steps=(4, 2), progress=False)  # resumes, deletes nothing
+    assert [t["steps"] for t in again["train"]] == [4, 2] and (tmp_path / "q" / "runs" / "mine.txt").is_file()
