@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,7 +127,8 @@ def run_quickstart(out: Path, overrides: list[str] = (), address: str | None = N
     ensure_ray(address)
     train_root, held_root = build_corpora(out / "corpus", variants, crop, progress)
     cfg = quick_config(train_root, out, list(overrides))
-    shutil.rmtree(out / "runs" / cfg.run_name, ignore_errors=True)  # a rerun trains afresh, never resumes
+    # Nothing is deleted: a rerun with the same settings resumes its finished run (re-exported, evaluated again);
+    # one with other --set values is refused by the run record, naming the fields.
     result = run_stage(cfg, progress=progress)
     # Two Euler steps: close to the posterior mean (what PSNR rewards) yet past the one-step blur.
     table = summary(evaluate(result.export, held_root, out / "restored", steps=2))
