@@ -106,27 +106,15 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
 
 
 def _kept_for_backward(net: OmniLV, x: dict) -> int:
-    """Bytes the graph keeps for backward: saved tensors plus the block inputs a checkpoint holds, each storage
-    counted once, parameters left out (they live anyway)."""
-    params = {p.untyped_storage().data_ptr() for p in net.parameters()}
-    kept: dict[int, int] = {}
+    """Bytes the graph keeps for backward, counted as bench/train_step.py counts them (one definition)."""
+    import importlib.util
+    from pathlib import Path
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            kept[s.data_ptr()] = s.nbytes()
-        return t
-
-    def held(module: torch.nn.Module, args: tuple) -> None:  # a checkpoint keeps its block's input alive
-        pack(args[0])
-
-    hooks = [layer.register_forward_pre_hook(held) for layer in net.backbone.layers]
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = net(**x).square().mean()
-    for h in hooks:
-        h.remove()
-    loss.backward()
-    return sum(kept.values())
+    spec = importlib.util.spec_from_file_location("bench_train_step",
+                                                  Path(__file__).resolve().parents[3] / "bench" / "train_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench.kept_for_backward(net, x)
 
 
 def test_activation_checkpointing_keeps_less_for_backward():
